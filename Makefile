@@ -1,0 +1,42 @@
+# VIDiff developer commands. `make help` lists them.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo test test-slow test-all lint format clean
+
+help: ## list targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
+
+# (re)install when the venv is missing or pyproject.toml changed since the last install
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install -e ".[dev]"
+	@touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install vidiff with its dev tools
+
+demo: $(STAMP) ## run the embedded demo end to end (writes outputs/demo/)
+	$(BIN)/python -m vidiff.demo --out outputs/demo
+
+test: $(STAMP) ## fast test tier (CPU, offline)
+	$(BIN)/python -m pytest -q
+
+test-slow: $(STAMP) ## slow tier only
+	$(BIN)/python -m pytest -q -m slow
+
+test-all: $(STAMP) ## every tier except gpu
+	$(BIN)/python -m pytest -q -m "not gpu"
+
+lint: $(STAMP) ## ruff check + format check
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+format: $(STAMP) ## ruff fix + format
+	$(BIN)/ruff check --fix . && $(BIN)/ruff format .
+
+clean: ## remove caches and outputs (keeps .venv)
+	rm -rf outputs .pytest_cache .ruff_cache build *.egg-info src/*.egg-info

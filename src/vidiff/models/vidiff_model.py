@@ -1,0 +1,263 @@
+"""VIDiffModel: every network the VIDiff diffusion model needs, and its on-disk format.
+
+A saved model is a directory in the diffusers style, one subfolder per component, weights as safetensors::
+
+    model_index.json        class name, format version, instruction settings
+    unet/                   UNetMotionModel (8-channel conv_in + motion modules)
+    vae/                    AutoencoderKL
+    text_encoder/           CLIPTextModel        tokenizer/  CLIPTokenizer
+    image_encoder/          CLIPVisionModelWithProjection (optional)
+    image_projector/        ImageInstructionProjector (optional)
+    scheduler/              the DDPM training noise schedule
+
+Every command (``vidiff-edit --checkpoint``, ``vidiff-eval``, training's export) reads and writes this format.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, UNetMotionModel
+from einops import rearrange
+from torch import nn
+from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
+
+from vidiff.errors import ModelLoadError
+from vidiff.models.projector import ImageInstructionProjector
+
+
+FORMAT_VERSION = 1
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class VIDiffModel(nn.Module):
+    """The VIDiff networks: video U-Net, VAE, CLIP text encoder + tokenizer, CLIP vision encoder + projector.
+
+    Args:
+        unet: 8-channel ``UNetMotionModel`` predicting epsilon from ``[noisy target latents, source latents]``.
+        vae: ``AutoencoderKL`` shared by source and target videos.
+        text_encoder, tokenizer: CLIP text side; the instruction starts with its 77 token embeddings.
+        noise_scheduler: the DDPM schedule the model is trained with (samplers are derived from its config).
+        image_encoder, image_projector: optional image-instruction branch; its tokens follow the text tokens.
+    """
+
+    def __init__(
+        self,
+        unet: UNetMotionModel,
+        vae: AutoencoderKL,
+        text_encoder: CLIPTextModel,
+        tokenizer: CLIPTokenizer,
+        noise_scheduler: DDPMScheduler,
+        image_encoder: CLIPVisionModelWithProjection | None = None,
+        image_projector: ImageInstructionProjector | None = None,
+    ):
+        super().__init__()
+        if (image_encoder is None) != (image_projector is None):
+            raise ValueError("image_encoder and image_projector go together")
+        self.unet = unet
+        self.vae = vae
+        self.text_encoder = text_encoder
+        self.image_encoder = image_encoder
+        self.image_projector = image_projector
+        self.tokenizer = tokenizer
+        self.noise_scheduler = noise_scheduler
+
+    # ---------------------------------------------------------------- properties
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def latent_channels(self) -> int:
+        return self.vae.config.latent_channels
+
+    @property
+    def num_image_tokens(self) -> int:
+        return 0 if self.image_projector is None else self.image_projector.config.num_tokens
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.unet.parameters()).dtype
+
+    # ---------------------------------------------------------------- instruction
+    def encode_text(self, prompts: list[str]) -> torch.Tensor:
+        """``len(prompts)`` strings -> ``[b, 77, d]`` CLIP token embeddings (``""`` is the null instruction)."""
+        tokens = self.tokenizer(
+            prompts,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        )
+        input_ids = tokens.input_ids.to(self.text_encoder.device)
+        return self.text_encoder(input_ids).last_hidden_state
+
+    def preprocess_image(self, images: torch.Tensor) -> torch.Tensor:
+        """``[b, 3, h, w]`` in ``[0, 1]`` -> CLIP's input: resize the short side, center crop, normalise.
+
+        Done in torch (no PIL round trip) so it also runs on batches on the GPU.
+        """
+        size = self.image_encoder.config.image_size
+        h, w = images.shape[-2:]
+        scale = size / min(h, w)
+        new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
+        images = nn.functional.interpolate(images, (new_h, new_w), mode="bicubic", antialias=True, align_corners=False)
+        top, left = (new_h - size) // 2, (new_w - size) // 2
+        images = images[..., top : top + size, left : left + size].clamp(0, 1)
+        mean = torch.tensor(CLIP_MEAN, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+        std = torch.tensor(CLIP_STD, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+        return (images - mean) / std
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """``[b, 3, h, w]`` in ``[0, 1]`` -> ``[b, num_image_tokens, d]`` instruction tokens."""
+        if self.image_encoder is None:
+            raise ValueError("this model has no image-instruction branch")
+        pixels = self.preprocess_image(images.to(self.image_encoder.device, self.image_encoder.dtype))
+        image_embeds = self.image_encoder(pixel_values=pixels).image_embeds
+        return self.image_projector(image_embeds.to(self.image_projector.dtype))
+
+    def encode_instruction(
+        self,
+        prompts: list[str | None],
+        images: torch.Tensor | None = None,
+        image_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The instruction embedding ``[b, 77 + k, d]``: text tokens followed by image tokens.
+
+        A missing text is the empty prompt; a missing image (``images is None`` or ``image_mask[i] == False``)
+        gives ``k`` zero tokens. Models with an image branch always emit ``77 + k`` tokens so that every
+        combination (text only, image only, both, neither) batches together, in training and in sampling.
+        """
+        text = self.encode_text(["" if p is None else p for p in prompts])
+        if self.image_projector is None:
+            if images is not None:
+                raise ValueError("an image instruction was given but this model has no image branch")
+            return text
+        b, k, d = len(prompts), self.num_image_tokens, text.shape[-1]
+        image_tokens = torch.zeros(b, k, d, device=text.device, dtype=text.dtype)
+        if images is not None:
+            tokens = self.encode_image(images).to(text.dtype)
+            if image_mask is not None:
+                tokens = tokens * image_mask.to(tokens.device, tokens.dtype).view(-1, 1, 1)
+            image_tokens = tokens.expand(b, k, d) if tokens.shape[0] == 1 else tokens
+        return torch.cat([text, image_tokens], dim=1)
+
+    # ---------------------------------------------------------------- latents
+    def encode_video(self, video: torch.Tensor, chunk_size: int = 8, sample: bool = False, generator=None):
+        """``[b, 3, f, h, w]`` in ``[-1, 1]`` -> scaled latents ``[b, c, f, h/8, w/8]``, ``chunk_size`` frames at a time."""
+        b = video.shape[0]
+        frames = rearrange(video, "b c f h w -> (b f) c h w").to(self.vae.device, self.vae.dtype)
+        latents = []
+        for chunk in frames.split(chunk_size):
+            dist = self.vae.encode(chunk).latent_dist
+            latents.append(dist.sample(generator) if sample else dist.mode())
+        latents = torch.cat(latents) * self.vae.config.scaling_factor
+        return rearrange(latents, "(b f) c h w -> b c f h w", b=b)
+
+    def decode_latents(self, latents: torch.Tensor, chunk_size: int = 8) -> torch.Tensor:
+        """Scaled latents ``[b, c, f, h, w]`` -> video ``[b, 3, f, 8h, 8w]`` in ``[-1, 1]`` (chunked decode)."""
+        b = latents.shape[0]
+        flat = rearrange(latents, "b c f h w -> (b f) c h w") / self.vae.config.scaling_factor
+        frames = [self.vae.decode(chunk.to(self.vae.dtype)).sample for chunk in flat.split(chunk_size)]
+        return rearrange(torch.cat(frames), "(b f) c h w -> b c f h w", b=b)
+
+    def predict_noise(
+        self, noisy_latents: torch.Tensor, source_latents: torch.Tensor, timesteps, instruction: torch.Tensor
+    ) -> torch.Tensor:
+        """Epsilon for ``[b, 4, f, h, w]`` noisy target latents given the source latents and instruction ``[b, L, d]``."""
+        f = noisy_latents.shape[2]
+        model_input = torch.cat([noisy_latents, source_latents], dim=1)
+        # UNetMotionModel wants the text states once per frame: [(b f), L, d]
+        states = instruction.repeat_interleave(f, dim=0)
+        return self.unet(model_input, timesteps, encoder_hidden_states=states).sample
+
+    # ---------------------------------------------------------------- persistence
+    def save_pretrained(self, path: str | os.PathLike) -> Path:
+        """Write the model directory atomically (a temp directory renamed into place)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
+        try:
+            self.unet.save_pretrained(tmp / "unet", safe_serialization=True)
+            self.vae.save_pretrained(tmp / "vae", safe_serialization=True)
+            self.text_encoder.save_pretrained(tmp / "text_encoder", safe_serialization=True)
+            self.tokenizer.save_pretrained(tmp / "tokenizer")
+            self.noise_scheduler.save_pretrained(tmp / "scheduler")
+            if self.image_encoder is not None:
+                self.image_encoder.save_pretrained(tmp / "image_encoder", safe_serialization=True)
+                self.image_projector.save_pretrained(tmp / "image_projector", safe_serialization=True)
+            index = {
+                "_class_name": "VIDiffModel",
+                "format_version": FORMAT_VERSION,
+                "has_image_branch": self.image_encoder is not None,
+                "num_image_tokens": self.num_image_tokens,
+            }
+            (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+            if path.exists():
+                backup = path.with_name(f".{path.name}.old-{os.getpid()}")
+                os.replace(path, backup)
+                os.replace(tmp, path)
+                shutil.rmtree(backup, ignore_errors=True)
+            else:
+                os.replace(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return path
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, torch_dtype: torch.dtype | None = None) -> VIDiffModel:
+        """Load a directory written by :meth:`save_pretrained` (safetensors only, nothing is unpickled)."""
+        path = Path(path)
+        index_file = path / "model_index.json"
+        if not path.is_dir():
+            raise ModelLoadError(f"{path}: no such model directory")
+        if not index_file.is_file():
+            raise ModelLoadError(f"{path}: not a VIDiff model directory (model_index.json is missing)")
+        try:
+            index = json.loads(index_file.read_text())
+        except json.JSONDecodeError as err:
+            raise ModelLoadError(f"{index_file}: invalid JSON ({err})") from None
+        if index.get("_class_name") != "VIDiffModel":
+            raise ModelLoadError(f"{index_file}: not a VIDiff model (class {index.get('_class_name')!r})")
+        if index.get("format_version", 0) > FORMAT_VERSION:
+            raise ModelLoadError(f"{path}: saved by a newer VIDiff (format {index['format_version']}); upgrade vidiff")
+        required = ["unet", "vae", "text_encoder", "tokenizer", "scheduler"]
+        if index.get("has_image_branch"):
+            required += ["image_encoder", "image_projector"]
+        for name in required:
+            if not (path / name).is_dir():
+                raise ModelLoadError(f"{path / name}: missing component folder")
+        kwargs = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
+        try:
+            unet = UNetMotionModel.from_pretrained(path / "unet", use_safetensors=True, **kwargs)
+            vae = AutoencoderKL.from_pretrained(path / "vae", use_safetensors=True, **kwargs)
+            text_encoder = CLIPTextModel.from_pretrained(path / "text_encoder", use_safetensors=True, **_tf(kwargs))
+            tokenizer = CLIPTokenizer.from_pretrained(path / "tokenizer")
+            scheduler = DDPMScheduler.from_pretrained(path / "scheduler")
+            image_encoder = image_projector = None
+            if index.get("has_image_branch"):
+                image_encoder = CLIPVisionModelWithProjection.from_pretrained(
+                    path / "image_encoder", use_safetensors=True, **_tf(kwargs)
+                )
+                image_projector = ImageInstructionProjector.from_pretrained(
+                    path / "image_projector", use_safetensors=True, **kwargs
+                )
+        except (OSError, ValueError, EnvironmentError) as err:
+            raise ModelLoadError(f"{path}: cannot load model ({' '.join(str(err).split())[:200]})") from None
+        return cls(unet, vae, text_encoder, tokenizer, scheduler, image_encoder, image_projector).eval()
+
+
+def _tf(kwargs: dict) -> dict:
+    # transformers 5 renamed torch_dtype to dtype
+    return {"dtype": kwargs["torch_dtype"]} if "torch_dtype" in kwargs else {}

@@ -1,0 +1,12 @@
+"""Inference pipelines (no Lightning)."""
+
+from vidiff.pipelines.vidiff_pipeline import (
+    SCHEDULERS,
+    VIDiffPipeline,
+    VIDiffPipelineOutput,
+    dual_guidance,
+    make_scheduler,
+)
+
+
+__all__ = ["SCHEDULERS", "VIDiffPipeline", "VIDiffPipelineOutput", "dual_guidance", "make_scheduler"]

@@ -1,0 +1,223 @@
+"""Inference: translate one clip according to a text and/or image instruction.
+
+Inference only (no Lightning, no training code), one ``__call__``, like a diffusers pipeline.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from einops import rearrange
+from PIL import Image
+from tqdm.auto import tqdm
+
+from vidiff.models.vidiff_model import VIDiffModel
+
+
+SCHEDULERS: dict[str, type[SchedulerMixin]] = {
+    "ddim": DDIMScheduler,
+    "euler_a": EulerAncestralDiscreteScheduler,
+    "dpmpp": DPMSolverMultistepScheduler,
+}
+
+
+def make_scheduler(name: str, training_config) -> SchedulerMixin:
+    """A sampler (``ddim``, ``euler_a``, ``dpmpp`` = DPM-Solver++) on the model's training noise schedule."""
+    if name not in SCHEDULERS:
+        raise ValueError(f"unknown scheduler {name!r} (choose from: {', '.join(SCHEDULERS)})")
+    return SCHEDULERS[name].from_config(training_config)
+
+
+def dual_guidance(
+    eps_uncond: torch.Tensor,
+    eps_video: torch.Tensor,
+    eps_full: torch.Tensor,
+    text_guidance_scale: float,
+    video_guidance_scale: float,
+) -> torch.Tensor:
+    """InstructPix2Pix classifier-free guidance with a source-video scale and an instruction scale.
+
+    ``eps(∅,∅) + s_V·[eps(V,∅) − eps(∅,∅)] + s_T·[eps(V,T) − eps(V,∅)]``
+    """
+    return (
+        eps_uncond
+        + video_guidance_scale * (eps_video - eps_uncond)
+        + text_guidance_scale * (eps_full - eps_video)
+    )
+
+
+@dataclass
+class VIDiffPipelineOutput:
+    """``frames``: ``[f, h, w, 3]`` uint8 (``output_type="np"``), ``[f, 3, h, w]`` in ``[-1, 1]`` (``"pt"``), or
+    the final latents ``[1, c, f, h/8, w/8]`` (``"latent"``)."""
+
+    frames: np.ndarray | torch.Tensor
+
+
+def video_to_tensor(video) -> torch.Tensor:
+    """Frames -> ``[1, 3, f, h, w]`` float in ``[-1, 1]``.
+
+    Accepts uint8 ``[f, h, w, 3]`` (numpy or torch), a list of PIL images, or a float tensor ``[f, 3, h, w]``
+    already in ``[-1, 1]``.
+    """
+    if isinstance(video, list | tuple):
+        video = np.stack([np.asarray(frame.convert("RGB") if isinstance(frame, Image.Image) else frame) for frame in video])
+    if isinstance(video, np.ndarray):
+        video = torch.from_numpy(np.ascontiguousarray(video))
+    if not isinstance(video, torch.Tensor) or video.ndim != 4:
+        raise ValueError("video must be [f, h, w, 3] uint8 frames or a [f, 3, h, w] float tensor")
+    if video.dtype == torch.uint8:
+        if video.shape[-1] != 3:
+            raise ValueError(f"uint8 video must be [f, h, w, 3], got {tuple(video.shape)}")
+        video = rearrange(video, "f h w c -> c f h w").float() / 127.5 - 1.0
+    else:
+        if video.shape[1] != 3:
+            raise ValueError(f"float video must be [f, 3, h, w] in [-1, 1], got {tuple(video.shape)}")
+        video = rearrange(video.float(), "f c h w -> c f h w")
+    return video.unsqueeze(0)
+
+
+def image_to_tensor(image) -> torch.Tensor:
+    """An image instruction -> ``[1, 3, h, w]`` float in ``[0, 1]`` (PIL, uint8 ``[h, w, 3]``, or float ``[3, h, w]``)."""
+    if isinstance(image, str | os.PathLike):
+        with Image.open(image) as img:
+            image = img.convert("RGB")
+    if isinstance(image, Image.Image):
+        image = np.asarray(image.convert("RGB"))
+    if isinstance(image, np.ndarray):
+        image = torch.from_numpy(np.ascontiguousarray(image))
+    if image.dtype == torch.uint8:
+        image = rearrange(image, "h w c -> c h w").float() / 255.0
+    if image.ndim == 3:
+        image = image.unsqueeze(0)
+    return image.float()
+
+
+def tensor_to_frames(video: torch.Tensor) -> np.ndarray:
+    """``[3, f, h, w]`` in ``[-1, 1]`` -> uint8 ``[f, h, w, 3]``."""
+    video = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return rearrange(video, "c f h w -> f h w c").cpu().numpy()
+
+
+class VIDiffPipeline:
+    """Edit a clip of F frames with a VIDiff model.
+
+    Example::
+
+        pipe = VIDiffPipeline.from_pretrained("outputs/model")
+        frames = pipe(video, instruction="Recolor the gray video.", generator=torch.Generator().manual_seed(0)).frames
+
+    Args:
+        model: the networks (:class:`~vidiff.models.VIDiffModel`).
+        scheduler: sampler name (``ddim``, ``euler_a``, ``dpmpp``) or a diffusers scheduler instance.
+        vae_chunk_size: frames per VAE encode/decode call (bounds activation memory).
+    """
+
+    def __init__(self, model: VIDiffModel, scheduler: str | SchedulerMixin = "ddim", vae_chunk_size: int = 8):
+        self.model = model.eval()
+        self.scheduler = (
+            make_scheduler(scheduler, model.noise_scheduler.config) if isinstance(scheduler, str) else scheduler
+        )
+        self.vae_chunk_size = vae_chunk_size
+        self.progress_bar_config: dict = {}
+        # padded sizes must be multiples of the VAE factor (the U-Net handles any latent size itself)
+        self.size_multiple = model.vae_scale_factor
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str | os.PathLike, scheduler: str = "ddim", device: str | torch.device = "cpu", torch_dtype=None
+    ) -> VIDiffPipeline:
+        return cls(VIDiffModel.from_pretrained(path, torch_dtype=torch_dtype).to(device), scheduler=scheduler)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def set_progress_bar_config(self, **kwargs) -> None:
+        """tqdm options for the denoising progress bar, e.g. ``disable=True``."""
+        self.progress_bar_config = kwargs
+
+    def _pad(self, video: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        h, w = video.shape[-2:]
+        m = self.size_multiple
+        pad_h, pad_w = (-h) % m, (-w) % m
+        if pad_h or pad_w:
+            # replicate the border rather than zero-pad: a black band would leak into the edit
+            flat = rearrange(video, "b c f h w -> (b f) c h w")
+            flat = torch.nn.functional.pad(flat, (0, pad_w, 0, pad_h), mode="replicate")
+            video = rearrange(flat, "(b f) c h w -> b c f h w", b=video.shape[0])
+        return video, (h, w)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        video,
+        instruction: str | None = None,
+        image=None,
+        num_inference_steps: int = 20,
+        text_guidance_scale: float = 7.5,
+        video_guidance_scale: float = 1.5,
+        generator: torch.Generator | None = None,
+        latents: torch.Tensor | None = None,
+        output_type: str = "np",
+    ) -> VIDiffPipelineOutput:
+        """Translate ``video`` according to ``instruction`` (text) and/or ``image`` (a style/reference picture).
+
+        Args:
+            video: the source clip, ``[f, h, w, 3]`` uint8 or ``[f, 3, h, w]`` float in ``[-1, 1]``; any size.
+            instruction: the text instruction; ``None`` with an ``image`` gives an image-only instruction.
+            image: optional image instruction (path, PIL image, uint8 ``[h, w, 3]`` or float ``[3, h, w]``).
+            num_inference_steps: sampler steps.
+            text_guidance_scale: ``s_T``, the weight of the instruction.
+            video_guidance_scale: ``s_V``, the weight of the source video.
+            generator: a ``torch.Generator`` for reproducible noise (drawn on the CPU, so results do not depend on
+                the device).
+            latents: optional initial noise ``[1, c, f, h/8, w/8]`` (unscaled; multiplied by the sampler's sigma).
+            output_type: ``"np"`` (uint8 frames), ``"pt"`` (float frames in ``[-1, 1]``) or ``"latent"``.
+        """
+        if instruction is None and image is None:
+            raise ValueError("give an instruction, an image instruction, or both")
+        if output_type not in ("np", "pt", "latent"):
+            raise ValueError(f"output_type must be 'np', 'pt' or 'latent', got {output_type!r}")
+        model, device = self.model, self.device
+        source = video_to_tensor(video).to(device)
+        source, (height, width) = self._pad(source)
+
+        # instruction rows: [null, null, full] for the (∅,∅), (V,∅), (V,T) predictions
+        image_tensor = image_to_tensor(image).to(device) if image is not None else None
+        instruction_embeds = model.encode_instruction([instruction], image_tensor)
+        null_embeds = model.encode_instruction([None])
+        instruction_batch = torch.cat([null_embeds, null_embeds, instruction_embeds]).to(model.unet.dtype)
+
+        source_latents = model.encode_video(source, chunk_size=self.vae_chunk_size).to(model.unet.dtype)
+        source_batch = torch.cat([torch.zeros_like(source_latents), source_latents, source_latents])
+
+        scheduler = self.scheduler
+        scheduler.set_timesteps(num_inference_steps, device=device)
+        shape = source_latents.shape
+        if latents is None:
+            latents = torch.randn(shape, generator=generator, dtype=torch.float32)
+        elif latents.shape != shape:
+            raise ValueError(f"latents must have shape {tuple(shape)}, got {tuple(latents.shape)}")
+        latents = latents.to(device, torch.float32) * scheduler.init_noise_sigma
+
+        for t in tqdm(scheduler.timesteps, desc="denoising", leave=False, **self.progress_bar_config):
+            model_input = scheduler.scale_model_input(latents, t).to(model.unet.dtype)
+            # one batched U-Net call for all three guidance terms
+            eps = model.predict_noise(torch.cat([model_input] * 3), source_batch, t, instruction_batch).float()
+            eps_uncond, eps_video, eps_full = eps.chunk(3)
+            guided = dual_guidance(eps_uncond, eps_video, eps_full, text_guidance_scale, video_guidance_scale)
+            latents = scheduler.step(guided, t, latents, generator=generator).prev_sample
+
+        if output_type == "latent":
+            return VIDiffPipelineOutput(frames=latents)
+        frames = model.decode_latents(latents.to(model.vae.dtype), chunk_size=self.vae_chunk_size)
+        frames = frames[0, :, :, :height, :width].float().clamp(-1, 1)
+        if output_type == "pt":
+            return VIDiffPipelineOutput(frames=rearrange(frames, "c f h w -> f c h w").cpu())
+        return VIDiffPipelineOutput(frames=tensor_to_frames(frames))
