@@ -1,0 +1,1 @@
+"""Dataset converters that write WebDataset shards (``vidiff-prep``)."""

@@ -32,8 +32,22 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     print(f"[demo] editing {source.name} with the tiny model (random weights) -> {target}", file=sys.stderr)
     code = edit.main(
-        [str(source), "-o", str(target), "--model", "tiny", "--instruction", "Recolor the gray video.",
-         "--steps", str(args.steps), "--frames", "16", "--size", "256", "--overwrite"]
+        [
+            str(source),
+            "-o",
+            str(target),
+            "--model",
+            "tiny",
+            "--instruction",
+            "Recolor the gray video.",
+            "--steps",
+            str(args.steps),
+            "--frames",
+            "16",
+            "--size",
+            "256",
+            "--overwrite",
+        ]
     )
     if code:
         return code

@@ -43,8 +43,14 @@ def pick_device(name: str) -> str:
 def pick_dtype(name: str, device: str):
     import torch
 
-    table = {"float32": torch.float32, "fp32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-             "fp16": torch.float16, "float16": torch.float16}
+    table = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bf16": torch.bfloat16,
+        "bfloat16": torch.bfloat16,
+        "fp16": torch.float16,
+        "float16": torch.float16,
+    }
     if name == "auto":
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
     if name not in table:

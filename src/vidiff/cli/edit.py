@@ -26,11 +26,19 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--model", default=None, help="model preset from conf/model/ (e.g. tiny: random weights)")
     parser.add_argument("--steps", type=int, default=20, help="sampler steps (default: 20)")
     parser.add_argument("--text-scale", type=float, default=7.5, help="instruction guidance scale s_T (default: 7.5)")
-    parser.add_argument("--video-scale", type=float, default=1.5, help="source-video guidance scale s_V (default: 1.5)")
-    parser.add_argument("--scheduler", default="ddim", choices=["ddim", "euler_a", "dpmpp"], help="sampler (default: ddim)")
-    parser.add_argument("--size", type=int, default=256, help="short side the model works at, a multiple of 8 (default: 256)")
+    parser.add_argument(
+        "--video-scale", type=float, default=1.5, help="source-video guidance scale s_V (default: 1.5)"
+    )
+    parser.add_argument(
+        "--scheduler", default="ddim", choices=["ddim", "euler_a", "dpmpp"], help="sampler (default: ddim)"
+    )
+    parser.add_argument(
+        "--size", type=int, default=256, help="short side the model works at, a multiple of 8 (default: 256)"
+    )
     parser.add_argument("--frames", type=int, default=16, help="number of frames to edit from the start (default: 16)")
-    parser.add_argument("--keep-size", action="store_true", help="write the output at the working size instead of the input size")
+    parser.add_argument(
+        "--keep-size", action="store_true", help="write the output at the working size instead of the input size"
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, or auto (default)")
     parser.add_argument("--dtype", default="auto", help="float32, bf16, fp16, or auto (bf16 on GPU, float32 on CPU)")
@@ -81,16 +89,18 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     source, output = _validate(args)
 
-    # heavy imports after argument checks, so `--help` and usage errors are instant
-    import torch
-
     from vidiff.io import VideoReader, VideoWriter
-    from vidiff.pipelines import VIDiffPipeline
-    from vidiff.utils.frames import resize_frames, working_size
 
+    # read the input before the heavy imports, so a bad file is reported at once
     with VideoReader(source) as reader:
         info = reader.info
         frames = next(reader.iter_chunks(args.frames, max_frames=args.frames))
+
+    import torch
+
+    from vidiff.pipelines import VIDiffPipeline
+    from vidiff.utils.frames import resize_frames, working_size
+
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)
     if args.checkpoint is not None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from vidiff.errors import VIDiffError, VideoReadError
+from vidiff.errors import VideoReadError, VIDiffError
 
 
 @dataclass(frozen=True)

@@ -144,7 +144,9 @@ def build_tokenizer(stable_diffusion: str | None) -> CLIPTokenizer:
     return build_clip_tokenizer()
 
 
-def build_motion_adapter(section: Mapping | None, unet2d: UNet2DConditionModel, seed: int) -> tuple[MotionAdapter, bool]:
+def build_motion_adapter(
+    section: Mapping | None, unet2d: UNet2DConditionModel, seed: int
+) -> tuple[MotionAdapter, bool]:
     """The motion adapter and whether it is fresh (and so must be zero-initialised)."""
     section = section or {}
     config = _plain(section.get("config") or {})

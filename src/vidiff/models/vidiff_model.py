@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+import transformers
 from diffusers import AutoencoderKL, DDPMScheduler, UNetMotionModel
 from einops import rearrange
 from torch import nn
@@ -187,6 +188,7 @@ class VIDiffModel(nn.Module):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
+        transformers.utils.logging.disable_progress_bar()
         try:
             self.unet.save_pretrained(tmp / "unet", safe_serialization=True)
             self.vae.save_pretrained(tmp / "vae", safe_serialization=True)
@@ -239,6 +241,7 @@ class VIDiffModel(nn.Module):
             if not (path / name).is_dir():
                 raise ModelLoadError(f"{path / name}: missing component folder")
         kwargs = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
+        transformers.utils.logging.disable_progress_bar()
         try:
             unet = UNetMotionModel.from_pretrained(path / "unet", use_safetensors=True, **kwargs)
             vae = AutoencoderKL.from_pretrained(path / "vae", use_safetensors=True, **kwargs)
@@ -253,7 +256,7 @@ class VIDiffModel(nn.Module):
                 image_projector = ImageInstructionProjector.from_pretrained(
                     path / "image_projector", use_safetensors=True, **kwargs
                 )
-        except (OSError, ValueError, EnvironmentError) as err:
+        except (OSError, ValueError) as err:
             raise ModelLoadError(f"{path}: cannot load model ({' '.join(str(err).split())[:200]})") from None
         return cls(unet, vae, text_encoder, tokenizer, scheduler, image_encoder, image_projector).eval()
 

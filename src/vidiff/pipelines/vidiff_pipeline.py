@@ -44,11 +44,7 @@ def dual_guidance(
 
     ``eps(∅,∅) + s_V·[eps(V,∅) − eps(∅,∅)] + s_T·[eps(V,T) − eps(V,∅)]``
     """
-    return (
-        eps_uncond
-        + video_guidance_scale * (eps_video - eps_uncond)
-        + text_guidance_scale * (eps_full - eps_video)
-    )
+    return eps_uncond + video_guidance_scale * (eps_video - eps_uncond) + text_guidance_scale * (eps_full - eps_video)
 
 
 @dataclass
@@ -66,7 +62,9 @@ def video_to_tensor(video) -> torch.Tensor:
     already in ``[-1, 1]``.
     """
     if isinstance(video, list | tuple):
-        video = np.stack([np.asarray(frame.convert("RGB") if isinstance(frame, Image.Image) else frame) for frame in video])
+        video = np.stack(
+            [np.asarray(frame.convert("RGB") if isinstance(frame, Image.Image) else frame) for frame in video]
+        )
     if isinstance(video, np.ndarray):
         video = torch.from_numpy(np.ascontiguousarray(video))
     if not isinstance(video, torch.Tensor) or video.ndim != 4:

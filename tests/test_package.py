@@ -1,0 +1,21 @@
+import importlib
+import subprocess
+import sys
+
+
+def test_top_level_packages_importable():
+    for name in ("vidiff", "data_prep", "evaluation", "vidiff.models", "vidiff.pipelines", "vidiff.io"):
+        importlib.import_module(name)
+
+
+def test_models_package_has_no_lightning():
+    code = "import sys, vidiff.models, vidiff.pipelines; print(any(m.startswith(('lightning', 'pytorch_lightning')) for m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "False"
+
+
+def test_edit_help():
+    out = subprocess.run(
+        [sys.executable, "-m", "vidiff.cli.edit", "--help"], capture_output=True, text=True, check=True
+    )
+    assert "--instruction" in out.stdout and "--checkpoint" in out.stdout
