@@ -35,7 +35,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--size", type=int, default=256, help="short side the model works at, a multiple of 8 (default: 256)"
     )
-    parser.add_argument("--frames", type=int, default=16, help="number of frames to edit from the start (default: 16)")
+    parser.add_argument(
+        "--frames", type=int, default=None, help="edit only the first N frames (default: the whole video)"
+    )
+    parser.add_argument("--clip-length", type=int, default=16, help="frames per clip the model sees (default: 16)")
+    parser.add_argument(
+        "--overlap", type=int, default=2, help="translated frames carried into the next clip as reference (default: 2)"
+    )
+    parser.add_argument(
+        "--masks-out", default=None, help="decode the segmentation overlay into one PNG mask per frame here"
+    )
+    parser.add_argument(
+        "--mask-color", default=None, help="overlay colour for --masks-out (default: the one named in the instruction)"
+    )
     parser.add_argument(
         "--keep-size", action="store_true", help="write the output at the working size instead of the input size"
     )
@@ -54,8 +66,12 @@ def _validate(args: argparse.Namespace) -> tuple[Path, Path]:
         raise VIDiffError("give --checkpoint DIR (a trained model) or --model tiny (random weights, for testing)")
     if args.size < 8 or args.size % 8:
         raise VIDiffError(f"--size {args.size}: must be a positive multiple of 8")
-    if args.frames < 1:
+    if args.frames is not None and args.frames < 1:
         raise VIDiffError(f"--frames {args.frames}: must be at least 1")
+    if args.clip_length < 1:
+        raise VIDiffError(f"--clip-length {args.clip_length}: must be at least 1")
+    if not 0 <= args.overlap < args.clip_length:
+        raise VIDiffError(f"--overlap {args.overlap}: must be >= 0 and smaller than --clip-length {args.clip_length}")
     if args.steps < 1:
         raise VIDiffError(f"--steps {args.steps}: must be at least 1")
     source, output = Path(args.input), Path(args.output)
@@ -89,17 +105,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     source, output = _validate(args)
 
-    from vidiff.io import VideoReader, VideoWriter
+    from vidiff.io import probe_video
 
     # read the input before the heavy imports, so a bad file is reported at once
-    with VideoReader(source) as reader:
-        info = reader.info
-        frames = next(reader.iter_chunks(args.frames, max_frames=args.frames))
-
-    import torch
+    info = probe_video(source)
 
     from vidiff.pipelines import VIDiffPipeline
-    from vidiff.utils.frames import resize_frames, working_size
 
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)
@@ -115,31 +126,45 @@ def main(argv: list[str] | None = None) -> int:
     if dtype != model.dtype:
         model = model.to(dtype=dtype)
     pipe = VIDiffPipeline(model, scheduler=args.scheduler)
-    pipe.set_progress_bar_config(disable=args.quiet)
+    pipe.set_progress_bar_config(disable=True)
 
-    size = working_size(info.height, info.width, args.size, multiple=model.vae_scale_factor)
     if not args.quiet:
+        from vidiff.utils.frames import working_size
+
+        size = working_size(info.height, info.width, args.size, multiple=model.vae_scale_factor)
+        count = info.num_frames if args.frames is None else min(args.frames, info.num_frames)
         print(
-            f"vidiff-edit: {source.name}: {len(frames)} of {info.num_frames} frames, {info.width}x{info.height} "
-            f"@ {float(info.fps):.3g} fps -> model size {size[1]}x{size[0]} on {device}",
+            f"vidiff-edit: {source.name}: {count} frames, {info.width}x{info.height} @ {float(info.fps):.3g} fps"
+            f"{', audio' if info.has_audio else ''} -> model size {size[1]}x{size[0]}, clips of {args.clip_length} "
+            f"with {args.overlap} reference frames, on {device}",
             file=sys.stderr,
         )
-    generator = torch.Generator().manual_seed(args.seed)
-    result = pipe(
-        resize_frames(frames, size),
+    summary = pipe.edit_video(
+        source,
         instruction=args.instruction,
         image=args.image,
+        output=output,
+        clip_length=args.clip_length,
+        overlap=args.overlap,
+        size=args.size,
+        keep_size=args.keep_size,
+        max_frames=args.frames,
+        masks_out=args.masks_out,
+        mask_color=args.mask_color,
+        overwrite=args.overwrite,
+        seed=args.seed,
+        progress=not args.quiet,
         num_inference_steps=args.steps,
         text_guidance_scale=args.text_scale,
         video_guidance_scale=args.video_scale,
-        generator=generator,
-    ).frames
-    if not args.keep_size:
-        result = resize_frames(result, (info.height, info.width))
-    with VideoWriter(output, info.fps, overwrite=args.overwrite) as writer:
-        writer.write(result)
+    )
     if not args.quiet:
-        print(f"vidiff-edit: wrote {output} ({len(result)} frames)", file=sys.stderr)
+        extra = f", masks in {summary.masks_dir}" if summary.masks_dir else ""
+        print(
+            f"vidiff-edit: wrote {output} ({summary.num_frames} frames in {summary.num_clips} clips, "
+            f"{summary.size[1]}x{summary.size[0]}{', audio copied' if summary.audio_copied else ''}{extra})",
+            file=sys.stderr,
+        )
     return 0
 
 

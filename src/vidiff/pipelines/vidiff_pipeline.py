@@ -151,6 +151,18 @@ class VIDiffPipeline:
             video = rearrange(flat, "(b f) c h w -> b c f h w", b=video.shape[0])
         return video, (h, w)
 
+    def edit_video(self, video, instruction: str | None = None, image=None, **kwargs):
+        """Edit a video of any length, streaming clip by clip (see :func:`vidiff.pipelines.long_video.edit_video`).
+
+        ``video`` is a file path or uint8 ``[f, h, w, 3]`` frames; keyword arguments: ``output`` (mp4 path),
+        ``clip_length`` (16), ``overlap`` (2 reference frames), ``size`` (working short side), ``keep_size``,
+        ``max_frames``, ``masks_out``/``mask_color``, ``seed``, ``progress``, plus the sampling arguments of
+        ``__call__`` (``num_inference_steps``, ``text_guidance_scale``, ``video_guidance_scale``).
+        """
+        from vidiff.pipelines.long_video import edit_video
+
+        return edit_video(self, video, instruction, image, **kwargs)
+
     @torch.no_grad()
     def __call__(
         self,
