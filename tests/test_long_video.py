@@ -262,3 +262,46 @@ def test_odd_gray_input_is_converted(tmp_path):
     )
     frames, info = read_video(out)
     assert frames.shape == (5, 146, 178, 3) and info.fps == 24
+
+
+@pytest.mark.parametrize(
+    "codec, pix_fmt, suffix",
+    [("libx264", "yuv420p10le", "mp4"), ("png", "rgba", "mov"), ("ffv1", "yuva420p", "mkv")],
+    ids=["10-bit", "alpha-png", "alpha-ffv1"],
+)
+def test_ten_bit_and_alpha_inputs_are_converted(tmp_path, codec, pix_fmt, suffix):
+    path = tmp_path / f"input.{suffix}"
+    rng = np.random.default_rng(0)
+    with av.open(str(path), "w") as c:
+        stream = c.add_stream(codec, rate=25)
+        stream.width, stream.height, stream.pix_fmt = 48, 40, pix_fmt
+        for _ in range(3):
+            rgba = rng.integers(0, 256, (40, 48, 4), dtype=np.uint8)
+            frame = av.VideoFrame.from_ndarray(rgba, format="rgba").reformat(format=pix_fmt)
+            for packet in stream.encode(frame):
+                c.mux(packet)
+        for packet in stream.encode(None):
+            c.mux(packet)
+    assert probe_video(path).pix_fmt == pix_fmt
+    out = tmp_path / "out.mp4"
+    assert (
+        edit.main(
+            [
+                str(path),
+                "-o",
+                str(out),
+                "-i",
+                "Remove the haze.",
+                "--model",
+                "tiny",
+                "--steps",
+                "1",
+                "--size",
+                "32",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    frames, info = read_video(out)
+    assert frames.shape == (3, 40, 48, 3) and info.pix_fmt == "yuv420p"
