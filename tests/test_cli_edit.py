@@ -113,3 +113,14 @@ def test_bad_flags(bikes_path, tmp_path, capsys, args, message):
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
+
+
+def test_truncated_mp4_is_rejected(bikes_path, tmp_path):
+    source = tmp_path / "truncated.mp4"
+    data = bikes_path.read_bytes()
+    source.write_bytes(data[: len(data) // 2])  # bikes.mp4 keeps its index at the end: half a file is unreadable
+    out = tmp_path / "out.mp4"
+    result = _cli(str(source), "-o", str(out), "-i", "x", *FAST)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and str(source) in result.stderr
+    assert not out.exists()

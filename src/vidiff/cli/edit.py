@@ -158,6 +158,13 @@ def main(argv: list[str] | None = None) -> int:
         text_guidance_scale=args.text_scale,
         video_guidance_scale=args.video_scale,
     )
+    if summary.decode_error:
+        # a damaged tail is not silently dropped: say how far decoding got
+        print(
+            f"vidiff-edit: warning: {source}: decoding stopped after {summary.num_frames} frames "
+            f"({summary.decode_error}); the output has those frames only",
+            file=sys.stderr,
+        )
     if not args.quiet:
         extra = f", masks in {summary.masks_dir}" if summary.masks_dir else ""
         print(

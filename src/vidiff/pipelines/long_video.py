@@ -47,6 +47,7 @@ class EditSummary:
     output: Path | None = None
     masks_dir: Path | None = None
     audio_copied: bool = False
+    decode_error: str | None = None  # set when the input's video stream ended in a decoding error
     frames: np.ndarray | None = field(default=None, repr=False)  # only when no output path was given
 
 
@@ -207,6 +208,8 @@ def edit_video(
             summary.size = edited.shape[1:3]
             bar.update(1)
         bar.close()
+        if reader is not None:
+            summary.decode_error = reader.decode_error
         if summary.num_frames == 0:
             raise VIDiffError(f"{source_path or 'video'}: no frames to edit")
         if writer is not None:
