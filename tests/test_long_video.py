@@ -305,3 +305,15 @@ def test_ten_bit_and_alpha_inputs_are_converted(tmp_path, codec, pix_fmt, suffix
     )
     frames, info = read_video(out)
     assert frames.shape == (3, 40, 48, 3) and info.pix_fmt == "yuv420p"
+
+
+def test_zero_frame_video_is_rejected(tmp_path, capsys):
+    path = tmp_path / "empty_stream.mp4"
+    with av.open(str(path), "w") as c:
+        stream = c.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+        c.start_encoding()  # header written, no frame ever encoded
+    out = tmp_path / "o.mp4"
+    assert edit.main([str(path), "-o", str(out), "-i", "x", "--model", "tiny", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(path) in err[0] and not out.exists()
