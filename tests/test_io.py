@@ -126,3 +126,13 @@ def test_audio_only_file_is_rejected(tmp_path):
             c.mux(packet)
     with pytest.raises(VideoReadError, match="no video stream"):
         probe_video(path)
+
+
+def test_written_file_has_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    path = write_video(tmp_path / "perm.mp4", gradient_video(2, 16, 16), 25)
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask

@@ -324,6 +324,8 @@ class VideoWriter:
             self._copy_audio()
             self._container.close()
             self._container = None
+            # mkstemp makes the file private (0600); give the result the permissions a normal file would get
+            os.chmod(self._tmp, 0o666 & ~_umask())
             os.replace(self._tmp, self.path)
         except BaseException:
             self.abort()
@@ -348,6 +350,12 @@ class VideoWriter:
             self.close()
         else:
             self.abort()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float | Fraction, **kwargs) -> Path:

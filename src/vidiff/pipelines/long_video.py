@@ -217,6 +217,9 @@ def edit_video(
         else:
             summary.frames = np.concatenate(collected)
         if masks_tmp is not None:
+            mask = os.umask(0)
+            os.umask(mask)
+            os.chmod(masks_tmp, 0o777 & ~mask)  # mkdtemp made it private
             if masks_out.exists():
                 shutil.rmtree(masks_out)
             os.replace(masks_tmp, masks_out)
