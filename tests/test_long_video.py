@@ -8,10 +8,11 @@ from PIL import Image
 from vidiff.cli import edit
 from vidiff.io import VideoReader, probe_video, read_video
 from vidiff.overlay import color_in_instruction, overlay_to_mask, render_overlay
-from vidiff.pipelines import VIDiffPipeline
 from vidiff.pipelines.long_video import num_clips
 from vidiff.pipelines.vidiff_pipeline import VIDiffPipelineOutput
 from vidiff.prompts import continuation_instruction
+
+from .conftest import edit_tiny, encode_video
 
 
 def _looped_clip_with_audio(source, path, loops):
@@ -50,21 +51,7 @@ def test_long_real_clip_keeps_frames_fps_and_audio(carphone_path, tmp_path):
     total, fps = _looped_clip_with_audio(carphone_path, source, loops=3)
     assert total == 360
     out = tmp_path / "edited.mp4"
-    args = [
-        str(source),
-        "-o",
-        str(out),
-        "-i",
-        "Recolor the gray video.",
-        "--model",
-        "tiny",
-        "--steps",
-        "1",
-        "--size",
-        "32",
-        "--quiet",
-    ]
-    assert edit.main(args) == 0
+    assert edit_tiny(source, out, "Recolor the gray video.") == 0
     info, src_info = probe_video(out), probe_video(source)
     assert info.num_frames == 360 and info.fps == fps == Fraction(30000, 1001)
     assert (info.width, info.height) == (176, 144)
@@ -87,13 +74,6 @@ class RecordingPipe:
         result = self.pipe(video, instruction, **kwargs)
         self.calls.append((video.copy(), instruction, result.frames.copy()))
         return result
-
-
-@pytest.fixture()
-def pipe(tiny_model):
-    pipe = VIDiffPipeline(tiny_model)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def test_clip_k_plus_1_is_conditioned_on_clip_k_outputs(pipe, carphone_frames):
@@ -204,25 +184,8 @@ def test_cli_rejects_audio_only_and_bad_overlap(tmp_path, bikes_path, capsys):
 
 
 def test_masks_out_needs_a_colour(bikes_path, tmp_path, capsys):
-    code = edit.main(
-        [
-            str(bikes_path),
-            "-o",
-            str(tmp_path / "o.mp4"),
-            "-i",
-            "Segment the rider.",
-            "--model",
-            "tiny",
-            "--frames",
-            "2",
-            "--size",
-            "32",
-            "--steps",
-            "1",
-            "--masks-out",
-            str(tmp_path / "m"),
-            "--quiet",
-        ]
+    code = edit_tiny(
+        bikes_path, tmp_path / "o.mp4", "Segment the rider.", "--frames", "2", "--masks-out", str(tmp_path / "m")
     )
     assert code == 2 and "colour" in capsys.readouterr().err
     assert not (tmp_path / "o.mp4").exists() and not (tmp_path / "m").exists()
@@ -230,36 +193,10 @@ def test_masks_out_needs_a_colour(bikes_path, tmp_path, capsys):
 
 def test_odd_gray_input_is_converted(tmp_path):
     path = tmp_path / "gray_odd.mp4"
-    with av.open(str(path), "w") as c:
-        stream = c.add_stream("libx264", rate=24)
-        stream.width, stream.height, stream.pix_fmt = 178, 146, "yuv420p"
-        for i in range(5):
-            gray = np.full((146, 178), 20 * i, np.uint8)
-            frame = av.VideoFrame.from_ndarray(gray, format="gray").reformat(format="yuv420p")
-            for packet in stream.encode(frame):
-                c.mux(packet)
-        for packet in stream.encode(None):
-            c.mux(packet)
+    gray = np.stack([np.full((146, 178), 20 * i, np.uint8) for i in range(5)])
+    encode_video(path, gray, "libx264", "yuv420p", rate=24, input_format="gray")
     out = tmp_path / "out.mp4"
-    assert (
-        edit.main(
-            [
-                str(path),
-                "-o",
-                str(out),
-                "-i",
-                "Recolor the gray video.",
-                "--model",
-                "tiny",
-                "--steps",
-                "1",
-                "--size",
-                "32",
-                "--quiet",
-            ]
-        )
-        == 0
-    )
+    assert edit_tiny(path, out, "Recolor the gray video.") == 0
     frames, info = read_video(out)
     assert frames.shape == (5, 146, 178, 3) and info.fps == 24
 
@@ -271,38 +208,11 @@ def test_odd_gray_input_is_converted(tmp_path):
 )
 def test_ten_bit_and_alpha_inputs_are_converted(tmp_path, codec, pix_fmt, suffix):
     path = tmp_path / f"input.{suffix}"
-    rng = np.random.default_rng(0)
-    with av.open(str(path), "w") as c:
-        stream = c.add_stream(codec, rate=25)
-        stream.width, stream.height, stream.pix_fmt = 48, 40, pix_fmt
-        for _ in range(3):
-            rgba = rng.integers(0, 256, (40, 48, 4), dtype=np.uint8)
-            frame = av.VideoFrame.from_ndarray(rgba, format="rgba").reformat(format=pix_fmt)
-            for packet in stream.encode(frame):
-                c.mux(packet)
-        for packet in stream.encode(None):
-            c.mux(packet)
+    rgba = np.random.default_rng(0).integers(0, 256, (3, 40, 48, 4), dtype=np.uint8)
+    encode_video(path, rgba, codec, pix_fmt, input_format="rgba")
     assert probe_video(path).pix_fmt == pix_fmt
     out = tmp_path / "out.mp4"
-    assert (
-        edit.main(
-            [
-                str(path),
-                "-o",
-                str(out),
-                "-i",
-                "Remove the haze.",
-                "--model",
-                "tiny",
-                "--steps",
-                "1",
-                "--size",
-                "32",
-                "--quiet",
-            ]
-        )
-        == 0
-    )
+    assert edit_tiny(path, out, "Remove the haze.") == 0
     frames, info = read_video(out)
     assert frames.shape == (3, 40, 48, 3) and info.pix_fmt == "yuv420p"
 

@@ -39,13 +39,6 @@ def _run(pipe, frames, instruction="Recolor the gray video.", seed=0, **kwargs):
     return pipe(frames, instruction, generator=torch.Generator().manual_seed(seed), **kwargs).frames
 
 
-@pytest.fixture()
-def pipe(tiny_model):
-    pipe = VIDiffPipeline(tiny_model)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 def test_one_batched_unet_call_per_step(tiny_model, carphone_frames):
     original = tiny_model.unet
     tiny_model.unet = CountingUNet(original)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -20,6 +20,7 @@ import av
 import numpy as np
 
 from vidiff.errors import VideoReadError, VIDiffError
+from vidiff.utils.files import publish
 
 
 @dataclass(frozen=True)
@@ -42,11 +43,6 @@ class VideoInfo:
     has_audio: bool
     codec: str
     pix_fmt: str
-
-    def to_dict(self) -> dict:
-        out = asdict(self)
-        out["fps"] = float(self.fps)
-        return out
 
 
 def _check_file(path: Path) -> None:
@@ -110,6 +106,9 @@ class VideoReader:
         self._stream = self._container.streams.video[0]
         self._stream.thread_type = "AUTO"
         self._first: np.ndarray | None = None
+        self._rotation = 0
+        # set when decoding stops on an error after some frames (a damaged tail); callers report it
+        self.decode_error: str | None = None
         self._frames = self._decode()
         try:
             first = next(self._frames)
@@ -132,9 +131,6 @@ class VideoReader:
             if rotation is None:
                 raise VideoReadError(f"{self.path}: cannot decode video ({_short(err)})") from None
             self.decode_error = _short(err)
-
-    decode_error: str | None = None
-    _rotation: int = 0
 
     def _make_info(self, first: np.ndarray) -> VideoInfo:
         stream = self._stream
@@ -324,9 +320,7 @@ class VideoWriter:
             self._copy_audio()
             self._container.close()
             self._container = None
-            # mkstemp makes the file private (0600); give the result the permissions a normal file would get
-            os.chmod(self._tmp, 0o666 & ~_umask())
-            os.replace(self._tmp, self.path)
+            publish(self._tmp, self.path)
         except BaseException:
             self.abort()
             raise
@@ -350,12 +344,6 @@ class VideoWriter:
             self.close()
         else:
             self.abort()
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float | Fraction, **kwargs) -> Path:

@@ -9,9 +9,9 @@ and an optional ``pretrained`` path. Nothing is ever downloaded: a path that doe
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import safetensors.torch
 import torch
@@ -31,7 +31,7 @@ from vidiff.models.unet import inflate, widen_conv_in
 from vidiff.models.vidiff_model import VIDiffModel
 
 
-SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+T = TypeVar("T")
 
 
 def _plain(value: Any) -> Any:
@@ -84,55 +84,75 @@ def _load_converted(model: torch.nn.Module, state: dict[str, torch.Tensor], path
 
 
 # ---------------------------------------------------------------------------------------------- components
-def build_unet2d(section: Mapping, stable_diffusion: str | None, seed: int) -> UNet2DConditionModel:
-    config = _plain(section.get("config") or {})
+def _seeded(seed: int, make: Callable[[], T]) -> T:
+    """Build random weights from ``seed`` without disturbing the global RNG."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return make()
+
+
+def _sd_component(
+    make: Callable[[], T],
+    model_class,
+    convert: Callable[[dict, T], dict],
+    subfolder: str,
+    what: str,
+    stable_diffusion: str | None,
+    seed: int,
+) -> T:
+    """One Stable Diffusion component: random weights (``stable_diffusion is None``), the ``subfolder`` of a diffusers
+    folder, or a single-file checkpoint whose keys ``convert`` maps into the model ``make()`` builds from the config."""
     if stable_diffusion is None:
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            return UNet2DConditionModel(**config)
+        return _seeded(seed, make)
     path = _existing(stable_diffusion, "Stable Diffusion weights")
     if path.is_dir():
-        _existing(path / "unet", "U-Net folder of the Stable Diffusion directory")
-        return UNet2DConditionModel.from_pretrained(path, subfolder="unet", local_files_only=True)
-    unet = UNet2DConditionModel(**config)
-    state = convert_ldm_unet_checkpoint(load_state_dict_file(path), unet.config)
-    _load_converted(unet, state, path, "U-Net")
-    return unet
+        _existing(path / subfolder, f"{what} folder of the Stable Diffusion directory")
+        return model_class.from_pretrained(path, subfolder=subfolder, local_files_only=True)
+    model = make()
+    _load_converted(model, convert(load_state_dict_file(path), model), path, what)
+    return model
+
+
+def build_unet2d(section: Mapping, stable_diffusion: str | None, seed: int) -> UNet2DConditionModel:
+    config = _plain(section.get("config") or {})
+    return _sd_component(
+        lambda: UNet2DConditionModel(**config),
+        UNet2DConditionModel,
+        lambda state, unet: convert_ldm_unet_checkpoint(state, unet.config),
+        "unet",
+        "U-Net",
+        stable_diffusion,
+        seed,
+    )
 
 
 def build_vae(section: Mapping, stable_diffusion: str | None, seed: int) -> AutoencoderKL:
-    config = _plain(section.get("config") or {})
     pretrained = section.get("pretrained")
     if pretrained is not None:
         return AutoencoderKL.from_pretrained(_existing(pretrained, "VAE folder"), local_files_only=True)
-    if stable_diffusion is None:
-        with torch.random.fork_rng():
-            torch.manual_seed(seed + 1)
-            return AutoencoderKL(**config)
-    path = _existing(stable_diffusion, "Stable Diffusion weights")
-    if path.is_dir():
-        _existing(path / "vae", "VAE folder of the Stable Diffusion directory")
-        return AutoencoderKL.from_pretrained(path, subfolder="vae", local_files_only=True)
-    vae = AutoencoderKL(**config)
-    state = convert_ldm_vae_checkpoint(load_state_dict_file(path), vae.config)
-    _load_converted(vae, state, path, "VAE")
-    return vae
+    config = _plain(section.get("config") or {})
+    return _sd_component(
+        lambda: AutoencoderKL(**config),
+        AutoencoderKL,
+        lambda state, vae: convert_ldm_vae_checkpoint(state, vae.config),
+        "vae",
+        "VAE",
+        stable_diffusion,
+        seed + 1,
+    )
 
 
 def build_text_encoder(section: Mapping, stable_diffusion: str | None, seed: int) -> CLIPTextModel:
     config = _plain(section.get("config") or {})
-    if stable_diffusion is None:
-        with torch.random.fork_rng():
-            torch.manual_seed(seed + 2)
-            return CLIPTextModel(CLIPTextConfig(**config))
-    path = _existing(stable_diffusion, "Stable Diffusion weights")
-    if path.is_dir():
-        _existing(path / "text_encoder", "text encoder folder of the Stable Diffusion directory")
-        return CLIPTextModel.from_pretrained(path, subfolder="text_encoder", local_files_only=True)
-    model = CLIPTextModel(CLIPTextConfig(**config))
-    state = convert_ldm_clip_checkpoint(load_state_dict_file(path))
-    _load_converted(model, state, path, "text encoder")
-    return model
+    return _sd_component(
+        lambda: CLIPTextModel(CLIPTextConfig(**config)),
+        CLIPTextModel,
+        lambda state, _: convert_ldm_clip_checkpoint(state),
+        "text_encoder",
+        "text encoder",
+        stable_diffusion,
+        seed + 2,
+    )
 
 
 def build_tokenizer(stable_diffusion: str | None) -> CLIPTokenizer:
@@ -154,9 +174,7 @@ def build_motion_adapter(
     config.setdefault("motion_layers_per_block", unet2d.config.layers_per_block)
     pretrained = section.get("pretrained")
     if pretrained is None:
-        with torch.random.fork_rng():
-            torch.manual_seed(seed + 3)
-            return MotionAdapter(**config), True
+        return _seeded(seed + 3, lambda: MotionAdapter(**config)), True
     path = _existing(pretrained, "motion adapter")
     if path.is_dir():
         return MotionAdapter.from_pretrained(path, local_files_only=True), False
@@ -183,18 +201,18 @@ def build_image_branch(
             _existing(pretrained, "CLIP vision encoder folder"), local_files_only=True
         )
     else:
-        with torch.random.fork_rng():
-            torch.manual_seed(seed + 4)
-            image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**_plain(encoder.get("config") or {})))
+        vision_config = CLIPVisionConfig(**_plain(encoder.get("config") or {}))
+        image_encoder = _seeded(seed + 4, lambda: CLIPVisionModelWithProjection(vision_config))
     projector = _plain(projector or {})
-    with torch.random.fork_rng():
-        torch.manual_seed(seed + 5)
-        image_projector = ImageInstructionProjector(
+    image_projector = _seeded(
+        seed + 5,
+        lambda: ImageInstructionProjector(
             image_embed_dim=image_encoder.config.projection_dim,
             cross_attention_dim=cross_attention_dim,
             hidden_dim=projector.get("hidden_dim", 1024),
             num_tokens=projector.get("num_tokens", 4),
-        )
+        ),
+    )
     return image_encoder, image_projector
 
 

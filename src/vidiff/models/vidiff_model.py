@@ -30,6 +30,7 @@ from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjec
 
 from vidiff.errors import ModelLoadError
 from vidiff.models.projector import ImageInstructionProjector
+from vidiff.utils.files import publish
 
 
 FORMAT_VERSION = 1
@@ -205,17 +206,7 @@ class VIDiffModel(nn.Module):
                 "num_image_tokens": self.num_image_tokens,
             }
             (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
-            # mkdtemp makes the folder private (0700); give it the permissions a normal folder would get
-            mask = os.umask(0)
-            os.umask(mask)
-            os.chmod(tmp, 0o777 & ~mask)
-            if path.exists():
-                backup = path.with_name(f".{path.name}.old-{os.getpid()}")
-                os.replace(path, backup)
-                os.replace(tmp, path)
-                shutil.rmtree(backup, ignore_errors=True)
-            else:
-                os.replace(tmp, path)
+            publish(tmp, path)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from vidiff.errors import VIDiffError
 from vidiff.overlay import color_in_instruction, color_rgb, overlay_to_mask
 from vidiff.prompts import continuation_instruction
+from vidiff.utils.files import publish
 from vidiff.utils.frames import resize_frames, working_size
 
 
@@ -43,7 +44,6 @@ class EditSummary:
     num_frames: int = 0
     num_clips: int = 0
     size: tuple[int, int] | None = None  # output (h, w)
-    working_size: tuple[int, int] | None = None
     output: Path | None = None
     masks_dir: Path | None = None
     audio_copied: bool = False
@@ -217,12 +217,7 @@ def edit_video(
         else:
             summary.frames = np.concatenate(collected)
         if masks_tmp is not None:
-            mask = os.umask(0)
-            os.umask(mask)
-            os.chmod(masks_tmp, 0o777 & ~mask)  # mkdtemp made it private
-            if masks_out.exists():
-                shutil.rmtree(masks_out)
-            os.replace(masks_tmp, masks_out)
+            publish(masks_tmp, masks_out)
             summary.masks_dir, masks_tmp = masks_out, None
     except BaseException:
         if writer is not None:

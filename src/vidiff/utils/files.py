@@ -1,0 +1,32 @@
+"""Atomic outputs: everything is written under a temporary name, then moved into place in one step."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def publish(tmp: Path, final: Path) -> Path:
+    """Move a finished ``mkstemp``/``mkdtemp`` result to ``final``, replacing what is there.
+
+    ``mkstemp``/``mkdtemp`` create private entries (0600/0700); the result gets the permissions a normal file
+    or folder would get. A folder that already exists at ``final`` is swapped out, then deleted.
+    """
+    tmp, final = Path(tmp), Path(final)
+    is_dir = tmp.is_dir()
+    os.chmod(tmp, (0o777 if is_dir else 0o666) & ~_umask())
+    if is_dir and final.exists():
+        backup = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, backup)
+        os.replace(tmp, final)
+        shutil.rmtree(backup, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    return final
