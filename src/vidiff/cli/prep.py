@@ -1,0 +1,135 @@
+"""``vidiff-prep``: convert a source dataset into WebDataset shards (one converter per source).
+
+    vidiff-prep video-folder --root clips/ --out data/ --val-videos 'bikes*'
+    vidiff-prep bsd --root BSD/ --out data/ --split test
+
+Shards go to ``<out>/<task>/<source>-<split>-NNNNNN.tar``; the run report (samples written, every skip with
+its reason) to ``<out>/reports/<source>.json``. Rerunning after an interruption resumes; rerunning a finished
+job is a no-op. The sample format is documented in ``data_prep/README.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from pathlib import Path
+
+from vidiff.cli.common import run_cli
+from vidiff.errors import VIDiffError
+
+
+CONVERTERS = {
+    "video-folder": "data_prep.convert_video_folder",
+    "webvid": "data_prep.convert_webvid",
+    "hazeworld": "data_prep.convert_hazeworld",
+    "bsd": "data_prep.convert_bsd",
+    "ref-davis": "data_prep.convert_ref_davis",
+    "refer-youtube-vos": "data_prep.convert_refer_youtube_vos",
+    "edit-pairs": "data_prep.convert_edit_pairs",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from data_prep.common import PrepOptions
+
+    defaults = PrepOptions()
+    parser = argparse.ArgumentParser(
+        prog="vidiff-prep",
+        description="Convert a source dataset into VIDiff WebDataset shards (<out>/<task>/<source>-<split>-NNNNNN.tar).",
+    )
+    sub = parser.add_subparsers(dest="source", required=True, metavar="SOURCE")
+    for name, module_name in CONVERTERS.items():
+        module = importlib.import_module(module_name)
+        p = sub.add_parser(
+            name,
+            help=module.HELP,
+            description=(module.__doc__ or "").strip(),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        p.add_argument("--root", required=True, help="the dataset as downloaded/extracted")
+        p.add_argument("--out", required=True, help="output folder (task subfolders are created)")
+        p.add_argument("--split", default=None, help="convert only this split (default: every split found)")
+        p.add_argument(
+            "--short-side",
+            type=int,
+            default=defaults.short_side,
+            help="stored short side in pixels; larger frames are downscaled (default %(default)s)",
+        )
+        p.add_argument(
+            "--max-frames",
+            type=int,
+            default=defaults.max_frames,
+            help="longer videos are cut into segments of at most this many frames (default %(default)s)",
+        )
+        p.add_argument(
+            "--min-frames",
+            type=int,
+            default=defaults.min_frames,
+            help="skip (and report) shorter segments (default %(default)s)",
+        )
+        p.add_argument(
+            "--shard-size", type=int, default=defaults.shard_size, help="samples per shard (default %(default)s)"
+        )
+        p.add_argument(
+            "--crf",
+            type=int,
+            default=defaults.crf,
+            help="x264 quality of stored clips, lower is better (default %(default)s)",
+        )
+        p.add_argument(
+            "--seed", type=int, default=defaults.seed, help="seed of the synthetic degradations (default %(default)s)"
+        )
+        p.add_argument(
+            "--workers",
+            type=int,
+            default=defaults.workers,
+            help="processes building samples; the output does not depend on it (default %(default)s)",
+        )
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+        module.add_arguments(p)
+    return parser
+
+
+@run_cli("vidiff-prep")
+def main(argv: list[str] | None = None) -> int:
+    from data_prep.common import PrepOptions, run_converter
+
+    args = build_parser().parse_args(argv)
+    for flag in ("short_side", "max_frames", "shard_size", "workers", "min_frames"):
+        if getattr(args, flag) < 1:
+            raise VIDiffError(f"--{flag.replace('_', '-')} must be at least 1 (got {getattr(args, flag)})")
+    root = Path(args.root)
+    if not root.exists():
+        raise VIDiffError(f"{root}: no such file or folder (--root)")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise VIDiffError(f"{out}: exists and is not a folder (--out)")
+    module = importlib.import_module(CONVERTERS[args.source])
+    options = PrepOptions(
+        short_side=args.short_side,
+        max_frames=args.max_frames,
+        min_frames=args.min_frames,
+        shard_size=args.shard_size,
+        crf=args.crf,
+        seed=args.seed,
+        workers=args.workers,
+    )
+    jobs = module.make_jobs(root, args, options)
+    report = run_converter(args.source, jobs, module.build, out, options, progress=not args.quiet)
+    for job in report["jobs"]:
+        resumed = f", resumed at spec {job['resumed_from_spec']}" if job["resumed_from_spec"] else ""
+        print(
+            f"{job['task']}/{job['split']}: {job['written']} written, {job['skipped']} skipped, {len(job['shards'])} shard(s){resumed}"
+        )
+        for skip in job["skips"][:5]:
+            print(f"  skipped {skip['key']}: {skip['reason']}")
+        if len(job["skips"]) > 5:
+            print(f"  ... {len(job['skips']) - 5} more skip(s) in the report")
+    print(f"report: {out / 'reports' / (args.source + '.json')}")
+    if report["written"] == 0:
+        raise VIDiffError(f"{root}: no sample could be converted ({report['skipped']} skipped; see the report)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,177 @@
+"""``MultiTaskDataModule``: per-task WebDataset pipelines mixed one task per step (see ``mixing.py``)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from functools import partial
+from typing import Any
+
+import lightning as L
+import torch
+import webdataset as wds
+from lightning.fabric.utilities.seed import pl_worker_init_function
+
+from vidiff.data.mixing import TaskSchedule, TaskScheduledMix
+from vidiff.data.shards import ClipOptions, collate, decode_sample, resolve_urls, warn_and_count
+from vidiff.errors import VIDiffError
+
+
+CLIP_FIELDS = set(ClipOptions.__dataclass_fields__)
+TASK_FIELDS = {"urls", "weight", "batch_size", "split"} | CLIP_FIELDS
+
+
+class _Decode:
+    """Picklable per-task decoder; draws augmentations from the worker's (per-rank seeded) ``random``."""
+
+    def __init__(self, task: str, options: ClipOptions):
+        self.task, self.options = task, options
+
+    def __call__(self, raw: dict[str, Any]) -> dict[str, Any]:
+        return decode_sample(raw, self.task, self.options, random.Random(random.getrandbits(64)))
+
+
+class MultiTaskDataModule(L.LightningDataModule):
+    """Training batches: one task per step, from resampled (infinite) shards. Validation: finite shards per task.
+
+    Args:
+        tasks: ``{task: {urls, weight, batch_size, split, <ClipOptions fields>}}``; ``urls`` is a brace pattern,
+            glob, ``pipe:`` URL, list, or a folder (its ``*-<split>-NNNNNN.tar`` shards).
+        val: ``{task: {urls, batch_size, split, ...}}`` held-out shards, read once, split by node and worker.
+        seed: seeds the task schedule (and, with the rank, the workers).
+        num_workers: DataLoader workers per rank.
+        shuffle_buffer: samples kept in each task's shuffle buffer.
+        accumulate_grad_batches: keeps one task per optimizer step under gradient accumulation.
+        defaults: ``ClipOptions`` fields applied to every task unless the task sets its own.
+    """
+
+    def __init__(
+        self,
+        tasks: Mapping[str, Mapping[str, Any]],
+        val: Mapping[str, Mapping[str, Any]] | None = None,
+        seed: int = 0,
+        num_workers: int = 2,
+        shuffle_buffer: int = 100,
+        accumulate_grad_batches: int = 1,
+        pin_memory: bool = False,
+        **defaults: Any,
+    ):
+        super().__init__()
+        unknown = set(defaults) - CLIP_FIELDS
+        if unknown:
+            raise VIDiffError(f"data: unknown option(s) {sorted(unknown)} (clip options: {sorted(CLIP_FIELDS)})")
+        if not tasks:
+            raise VIDiffError("data.tasks is empty: give at least one task with its shard urls")
+        self.tasks = {name: self._task_config(name, cfg, defaults) for name, cfg in tasks.items()}
+        self.val_tasks = {
+            name: self._task_config(name, cfg, defaults, train=False) for name, cfg in (val or {}).items()
+        }
+        self.seed, self.num_workers, self.shuffle_buffer = seed, num_workers, shuffle_buffer
+        self.accumulate_grad_batches = accumulate_grad_batches
+        self.pin_memory = pin_memory
+        self.schedule = TaskSchedule({n: c["weight"] for n, c in self.tasks.items()}, seed, accumulate_grad_batches)
+        self.decode_errors: dict[str, int] = {}
+
+    @staticmethod
+    def _task_config(
+        name: str, cfg: Mapping[str, Any], defaults: Mapping[str, Any], train: bool = True
+    ) -> dict[str, Any]:
+        cfg = dict(cfg)
+        unknown = set(cfg) - TASK_FIELDS
+        if unknown:
+            raise VIDiffError(
+                f"data task {name!r}: unknown option(s) {sorted(unknown)} (allowed: {sorted(TASK_FIELDS)})"
+            )
+        if "urls" not in cfg or cfg["urls"] in (None, ""):
+            raise VIDiffError(f"data task {name!r}: no shard urls")
+        clip = {k: cfg[k] for k in CLIP_FIELDS if k in cfg}
+        options = ClipOptions(**{**defaults, **clip, "train": train})
+        if isinstance(options.crop_scale, list | tuple):
+            options.crop_scale = tuple(float(x) for x in options.crop_scale)
+        return {
+            "urls": cfg["urls"],
+            "split": cfg.get("split", "train" if train else "val"),
+            "weight": float(cfg.get("weight", 1.0)),
+            "batch_size": int(cfg.get("batch_size", 1)),
+            "options": options,
+        }
+
+    # ------------------------------------------------------------------------------------------ pipelines
+    def task_pipeline(self, name: str) -> wds.WebDataset:
+        cfg = self.tasks[name]
+        urls = resolve_urls(cfg["urls"], cfg["split"])
+        handler = warn_and_count(self.decode_errors)
+        return (
+            # resampled: every (rank, worker) draws shards independently and forever, so no rank runs dry;
+            # nodesplitter=None is required by webdataset 1.x for resampled sources under DDP
+            wds.WebDataset(urls, resampled=True, shardshuffle=False, nodesplitter=None, handler=handler)
+            .shuffle(self.shuffle_buffer)
+            .map(_Decode(name, cfg["options"]), handler=handler)
+            .batched(cfg["batch_size"], collation_fn=collate, partial=False)
+        )
+
+    def val_pipeline(self, name: str) -> wds.WebDataset:
+        cfg = self.val_tasks[name]
+        urls = resolve_urls(cfg["urls"], cfg["split"])
+        handler = warn_and_count(self.decode_errors)
+        return (
+            wds.WebDataset(urls, shardshuffle=False, nodesplitter=wds.split_by_node, handler=handler)
+            .map(_Decode(name, cfg["options"]), handler=handler)
+            .batched(cfg["batch_size"], collation_fn=collate, partial=True)
+        )
+
+    def _start_step(self) -> int:
+        trainer = getattr(self, "trainer", None)
+        return trainer.global_step * self.accumulate_grad_batches if trainer is not None else 0
+
+    def _rank(self) -> int:
+        trainer = getattr(self, "trainer", None)
+        return trainer.global_rank if trainer is not None else 0
+
+    def _loader(self, dataset, workers: int) -> wds.WebLoader:
+        # WebLoader bypasses Lightning's worker seeding: seed each worker from (seed, rank, worker) ourselves,
+        # otherwise every rank would draw the same augmentations
+        return wds.WebLoader(
+            dataset,
+            batch_size=None,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=self.pin_memory,
+            worker_init_fn=partial(pl_worker_init_function, rank=self._rank()) if workers > 0 else None,
+        )
+
+    def train_dataset(self, start_step: int = 0) -> TaskScheduledMix:
+        """The infinite stream of single-task batches from global micro-step ``start_step`` on."""
+        pipelines = {name: self.task_pipeline(name) for name in self.tasks}
+        return TaskScheduledMix(pipelines, self.schedule, start_step=start_step)
+
+    def train_dataloader(self) -> wds.WebLoader:
+        mix = self.train_dataset(self._start_step())
+        if self.num_workers == 0:
+            random.seed(hash((self.seed, self._rank())) & 0xFFFFFFFF)
+        return self._loader(mix, self.num_workers)
+
+    def val_dataloader(self) -> list[wds.WebLoader]:
+        return [self._loader(self.val_pipeline(name), min(self.num_workers, 1)) for name in self.val_tasks]
+
+    @property
+    def val_task_names(self) -> list[str]:
+        return list(self.val_tasks)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"seed": self.seed, "decode_errors": dict(self.decode_errors)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("seed") not in (None, self.seed):
+            raise VIDiffError(
+                f"data.seed={self.seed} differs from the checkpoint's {state['seed']}: the task schedule would change"
+            )
+
+
+def first_batch(datamodule: MultiTaskDataModule) -> dict[str, Any]:
+    """Convenience for notebooks and tests: the first training batch."""
+    return next(iter(datamodule.train_dataloader()))
+
+
+def describe_batch(batch: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: (tuple(v.shape) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}

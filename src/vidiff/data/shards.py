@@ -1,0 +1,253 @@
+"""Reading VIDiff shards: URL resolution and decoding one raw sample into tensors.
+
+The sample format is written by ``data_prep`` (see ``data_prep/README.md``): ``src.mp4``/``tgt.mp4`` clips,
+``txt`` instruction, ``json`` metadata, optional ``mask.npy.gz`` and ``style.png``. Decoding reads only the
+frames of the chosen window, so a long stored clip costs little more than a short one.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import io
+import json
+import logging
+import os
+import random
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import av
+import numpy as np
+import torch
+from einops import rearrange
+from PIL import Image
+
+from vidiff.data.tasks import redraw_instruction
+from vidiff.errors import VIDiffError
+from vidiff.prompts import continuation_instruction
+
+
+log = logging.getLogger(__name__)
+
+
+def resolve_urls(urls: str | Sequence[str], split: str | None = None) -> list[str]:
+    """Shard URLs from a brace pattern, a glob, a ``pipe:``/remote URL, a folder, or a list of those.
+
+    A folder expands to its ``*-<split>-NNNNNN.tar`` shards (every ``.tar`` when no split is given). Local
+    patterns that match nothing raise a one-line error naming the pattern.
+    """
+    import braceexpand
+
+    items = [urls] if isinstance(urls, str) else list(urls)
+    resolved: list[str] = []
+    for item in items:
+        item = str(item)
+        if re.match(r"^[a-z0-9+]+:", item) and not re.match(r"^[A-Za-z]:\\", item):  # pipe:, s3:, http(s):, file:
+            resolved.extend(braceexpand.braceexpand(item))
+            continue
+        if os.path.isdir(item):
+            pattern = os.path.join(item, f"*-{split}-[0-9]*.tar" if split else "*.tar")
+            found = sorted(glob.glob(pattern))
+            if not found:
+                raise VIDiffError(f"{item}: no shards matching {os.path.basename(pattern)}")
+            resolved.extend(found)
+            continue
+        for expanded in braceexpand.braceexpand(item):
+            found = sorted(glob.glob(expanded)) if glob.has_magic(expanded) else [expanded]
+            missing = [f for f in found if not os.path.exists(f)]
+            if not found or missing:
+                raise VIDiffError(f"{missing[0] if missing else expanded}: no such shard")
+            resolved.extend(found)
+    if not resolved:
+        raise VIDiffError(f"no shards given ({urls!r})")
+    return resolved
+
+
+def decode_frames(data: bytes, start: int, count: int, stride: int = 1) -> np.ndarray:
+    """Frames ``start, start + stride, ...`` (``count`` of them) of an encoded clip as ``[f, h, w, 3]`` uint8."""
+    wanted = set(range(start, start + count * stride, stride))
+    last = max(wanted)
+    frames = []
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        for index, frame in enumerate(container.decode(stream)):
+            if index in wanted:
+                frames.append(frame.to_ndarray(format="rgb24"))
+            if index >= last:
+                break
+    if not frames:
+        raise ValueError("clip has no decodable frames")
+    while len(frames) < count:  # clips shorter than the window repeat their last frame
+        frames.append(frames[-1])
+    return np.stack(frames)
+
+
+def decode_mask(data: bytes, width: int) -> np.ndarray:
+    packed = np.load(io.BytesIO(gzip.decompress(data)), allow_pickle=False)
+    return np.unpackbits(packed, axis=-1, count=width).astype(bool)
+
+
+@dataclass
+class ClipOptions:
+    """How a stored clip becomes a training example."""
+
+    num_frames: int = 16
+    frame_stride: int = 1
+    resolution: int = 256
+    crop_scale: tuple[float, float] = (0.8, 1.0)  # side of the random square crop, relative to the short side
+    hflip: bool = False  # off by default: "the left dog" must stay on the left
+    image_prob: float = 0.0  # probability of an image instruction drawn from a target frame
+    long_video_prob: float = 0.0  # probability of the "Based on the first n frames," continuation sample
+    long_video_frames: Sequence[int] = (1, 2, 4)
+    paraphrase: bool = True  # re-draw the instruction among the task's templates
+    train: bool = True  # False: first window, centre crop, stored instruction, no random image instruction
+
+
+def _crop_resize(frames: torch.Tensor, box: tuple[int, int, int], size: int, nearest: bool = False) -> torch.Tensor:
+    """uint8/bool ``[f, c, h, w]`` -> the square crop ``box = (top, left, side)`` resized to ``size``.
+
+    Resizing stays in uint8: torchvision's uint8 antialiased kernel is about 3x faster than float on CPU, and
+    the batch stays 4x smaller until the GPU converts it (see :func:`to_model_range`).
+    """
+    import torchvision.transforms.v2.functional as TF
+
+    top, left, side = box
+    crop = frames[..., top : top + side, left : left + side]
+    if side == size:
+        return crop.contiguous()
+    if nearest:
+        return TF.resize(crop, [size, size], interpolation=TF.InterpolationMode.NEAREST_EXACT)
+    return TF.resize(crop, [size, size], antialias=True)
+
+
+def to_model_range(video: torch.Tensor) -> torch.Tensor:
+    """uint8 videos from the datamodule -> float in [-1, 1] (done on the training device)."""
+    return video.float().div(127.5).sub(1.0)
+
+
+def _augment_image(frame: torch.Tensor, rng: random.Random, size: int) -> torch.Tensor:
+    """A target frame ``[3, h, w]`` in [0, 1] as an image instruction: random crop, flip and small rotation."""
+    import torchvision.transforms.v2.functional as TF
+
+    h, w = frame.shape[-2:]
+    side = int(min(h, w) * rng.uniform(0.6, 1.0))
+    top, left = rng.randint(0, h - side), rng.randint(0, w - side)
+    image = frame[:, top : top + side, left : left + side]
+    if rng.random() < 0.5:
+        image = image.flip(-1)
+    image = TF.rotate(image, rng.uniform(-15.0, 15.0))
+    return torch.nn.functional.interpolate(
+        image[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False
+    )[0]
+
+
+def decode_sample(
+    raw: dict[str, Any], task: str, options: ClipOptions, rng: random.Random | None = None
+) -> dict[str, Any]:
+    """A raw WebDataset sample (bytes per member) -> tensors for one training or validation example.
+
+    Returns ``target`` ``[3, F, S, S]`` uint8 (see :func:`to_model_range`), ``source`` (absent for ``t2v``), ``instruction``,
+    ``image`` ``[3, S, S]`` in [0, 1] with ``has_image``, ``mask`` ``[F, S, S]`` for ``rvos``, ``key``, ``task``.
+    """
+    rng = rng or random.Random()
+    meta = json.loads(raw["json"])
+    n_stored = int(meta["num_frames"])
+    span = (options.num_frames - 1) * options.frame_stride + 1
+    start = rng.randint(0, max(0, n_stored - span)) if options.train else 0
+    target = decode_frames(raw["tgt.mp4"], start, options.num_frames, options.frame_stride)
+    source = (
+        decode_frames(raw["src.mp4"], start, options.num_frames, options.frame_stride) if "src.mp4" in raw else None
+    )
+    mask = None
+    if "mask.npy.gz" in raw:
+        full = decode_mask(raw["mask.npy.gz"], int(meta["width"]))
+        idx = [min(start + i * options.frame_stride, len(full) - 1) for i in range(options.num_frames)]
+        mask = full[idx]
+
+    h, w = target.shape[1:3]
+    short = min(h, w)
+    if options.train:
+        side = max(8, int(short * rng.uniform(*options.crop_scale)))
+        top, left = rng.randint(0, h - side), rng.randint(0, w - side)
+    else:
+        side = short
+        top, left = (h - side) // 2, (w - side) // 2
+    box = (top, left, side)
+    flip = options.train and options.hflip and rng.random() < 0.5
+
+    def prepare(frames: np.ndarray) -> torch.Tensor:
+        video = _crop_resize(rearrange(torch.from_numpy(frames), "f h w c -> f c h w"), box, options.resolution)
+        video = rearrange(video, "f c h w -> c f h w")
+        return video.flip(-1) if flip else video
+
+    out: dict[str, Any] = {"key": raw["__key__"], "task": task, "target": prepare(target)}
+    if source is not None:
+        out["source"] = prepare(source)
+    if mask is not None:
+        m = (
+            _crop_resize(torch.from_numpy(mask)[:, None].to(torch.uint8), box, options.resolution, nearest=True)[:, 0]
+            > 0
+        )
+        out["mask"] = m.flip(-1) if flip else m
+
+    text = raw["txt"].decode("utf-8") if isinstance(raw["txt"], bytes) else str(raw["txt"])
+    if options.train and options.paraphrase:
+        text = redraw_instruction(task, text, meta, rng)
+
+    # image instruction: the sample's style image, else (sometimes) an augmented target frame
+    image, has_image = None, False
+    if "style.png" in raw:
+        style = np.array(Image.open(io.BytesIO(raw["style.png"])).convert("RGB"))
+        image = torch.from_numpy(style).permute(2, 0, 1).float() / 255.0
+        image = torch.nn.functional.interpolate(
+            image[None], size=(options.resolution,) * 2, mode="bilinear", antialias=True, align_corners=False
+        )[0]
+        has_image = True
+    elif options.train and rng.random() < options.image_prob:
+        frame = out["target"][:, rng.randrange(options.num_frames)].float() / 255.0
+        image, has_image = _augment_image(frame, rng, options.resolution), True
+    out["image"] = image if image is not None else torch.zeros(3, options.resolution, options.resolution)
+    out["has_image"] = has_image
+
+    # long-video training: the first n source frames become target frames, and the instruction says so
+    if options.train and source is not None and rng.random() < options.long_video_prob:
+        n = min(rng.choice(list(options.long_video_frames)), options.num_frames - 1)
+        if n > 0:
+            out["source"] = out["source"].clone()
+            out["source"][:, :n] = out["target"][:, :n]
+            text = continuation_instruction(text, n, template=rng.randrange(2))
+            out["num_reference_frames"] = n
+    out.setdefault("num_reference_frames", 0)
+    out["instruction"] = text
+    out["fps"] = meta.get("fps", "25")
+    return out
+
+
+def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack tensors, keep strings and numbers as lists (every sample of a batch has the same task and keys)."""
+    batch: dict[str, Any] = {}
+    for key in samples[0]:
+        values = [s[key] for s in samples]
+        if isinstance(values[0], torch.Tensor):
+            batch[key] = torch.stack(values)
+        elif isinstance(values[0], bool):
+            batch[key] = torch.tensor(values)
+        else:
+            batch[key] = values
+    batch["task"] = samples[0]["task"]
+    return batch
+
+
+def warn_and_count(counter: dict[str, int]):
+    """A WebDataset error handler that logs every bad sample (with its shard) and counts it; never silent."""
+
+    def handler(exn: Exception) -> bool:
+        counter["errors"] = counter.get("errors", 0) + 1
+        log.warning("skipping a bad sample (%d so far): %s", counter["errors"], " ".join(str(exn).split())[:200])
+        return True
+
+    return handler
