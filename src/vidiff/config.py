@@ -40,14 +40,17 @@ def compose_model_config(preset: str = "tiny", overrides: Sequence[str] = ()) ->
 
 def load_model_preset(preset: str = "tiny", overrides: Sequence[str] = ()):
     """Instantiate a model preset (``tiny`` builds random weights; ``sd15`` loads local files)."""
+    return instantiate_model(compose_model_config(preset, overrides))
+
+
+def instantiate_model(cfg: DictConfig):
+    """Instantiate a composed ``model`` node, surfacing our one-line errors (e.g. a missing weights folder)."""
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
-    cfg = compose_model_config(preset, overrides)
     try:
         return instantiate(cfg, _convert_="partial")
     except InstantiationException as err:
-        # hydra wraps our one-line errors; unwrap them so the user sees the file that is missing
         cause = err.__cause__ or err.__context__
         if isinstance(cause, VIDiffError):
             raise cause from None

@@ -22,13 +22,13 @@ TASK_FIELDS = {"urls", "weight", "batch_size", "split"} | CLIP_FIELDS
 
 
 class _Decode:
-    """Picklable per-task decoder; draws augmentations from the worker's (per-rank seeded) ``random``."""
+    """Picklable per-task decoder: ``(raw sample, rng) -> tensors`` (validation passes no rng: no randomness)."""
 
     def __init__(self, task: str, options: ClipOptions):
         self.task, self.options = task, options
 
-    def __call__(self, raw: dict[str, Any]) -> dict[str, Any]:
-        return decode_sample(raw, self.task, self.options, random.Random(random.getrandbits(64)))
+    def __call__(self, raw: dict[str, Any], rng: random.Random | None = None) -> dict[str, Any]:
+        return decode_sample(raw, self.task, self.options, rng or random.Random(0))
 
 
 class MultiTaskDataModule(L.LightningDataModule):
@@ -42,6 +42,7 @@ class MultiTaskDataModule(L.LightningDataModule):
         num_workers: DataLoader workers per rank.
         shuffle_buffer: samples kept in each task's shuffle buffer.
         accumulate_grad_batches: keeps one task per optimizer step under gradient accumulation.
+        select_tasks: train (and validate) only these tasks, e.g. the single-task ablations.
         defaults: ``ClipOptions`` fields applied to every task unless the task sets its own.
     """
 
@@ -54,9 +55,16 @@ class MultiTaskDataModule(L.LightningDataModule):
         shuffle_buffer: int = 100,
         accumulate_grad_batches: int = 1,
         pin_memory: bool = False,
+        select_tasks: list[str] | None = None,
         **defaults: Any,
     ):
         super().__init__()
+        if select_tasks:
+            missing = [t for t in select_tasks if t not in tasks]
+            if missing:
+                raise VIDiffError(f"data.select_tasks: {missing} not among the configured tasks {sorted(tasks)}")
+            tasks = {t: tasks[t] for t in select_tasks}
+            val = {t: v for t, v in (val or {}).items() if t in select_tasks}
         unknown = set(defaults) - CLIP_FIELDS
         if unknown:
             raise VIDiffError(f"data: unknown option(s) {sorted(unknown)} (clip options: {sorted(CLIP_FIELDS)})")
@@ -106,8 +114,8 @@ class MultiTaskDataModule(L.LightningDataModule):
             # nodesplitter=None is required by webdataset 1.x for resampled sources under DDP
             wds.WebDataset(urls, resampled=True, shardshuffle=False, nodesplitter=None, handler=handler)
             .shuffle(self.shuffle_buffer)
-            .map(_Decode(name, cfg["options"]), handler=handler)
-            .batched(cfg["batch_size"], collation_fn=collate, partial=False)
+            # raw samples are batched here and decoded by TaskScheduledMix, which knows the step (exact resume)
+            .batched(cfg["batch_size"], collation_fn=list, partial=False)
         )
 
     def val_pipeline(self, name: str) -> wds.WebDataset:
@@ -143,12 +151,11 @@ class MultiTaskDataModule(L.LightningDataModule):
     def train_dataset(self, start_step: int = 0) -> TaskScheduledMix:
         """The infinite stream of single-task batches from global micro-step ``start_step`` on."""
         pipelines = {name: self.task_pipeline(name) for name in self.tasks}
-        return TaskScheduledMix(pipelines, self.schedule, start_step=start_step)
+        decoders = {name: _Decode(name, cfg["options"]) for name, cfg in self.tasks.items()}
+        return TaskScheduledMix(pipelines, self.schedule, start_step, decoders=decoders, collate=collate, rank=self._rank())
 
     def train_dataloader(self) -> wds.WebLoader:
         mix = self.train_dataset(self._start_step())
-        if self.num_workers == 0:
-            random.seed(hash((self.seed, self._rank())) & 0xFFFFFFFF)
         return self._loader(mix, self.num_workers)
 
     def val_dataloader(self) -> list[wds.WebLoader]:

@@ -11,7 +11,9 @@ mixes tasks within a batch and draws from the process-global RNG.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Mapping
+import logging
+import random
+from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 import torch
@@ -36,14 +38,48 @@ class TaskSchedule:
         return self.names[int(rng.choice(len(self.names), p=self.probs))]
 
 
-class TaskScheduledMix(torch.utils.data.IterableDataset):
-    """Yield whole single-task batches following a :class:`TaskSchedule`, starting at ``start_step``."""
+log = logging.getLogger(__name__)
 
-    def __init__(self, pipelines: Mapping[str, Iterable], schedule: TaskSchedule, start_step: int = 0):
+
+class TaskScheduledMix(torch.utils.data.IterableDataset):
+    """Yield whole single-task batches following a :class:`TaskSchedule`, starting at ``start_step``.
+
+    ``pipelines`` yield lists of raw samples; ``decoders[task](raw, rng)`` turns one into tensors and
+    ``collate`` stacks them. Each sample's augmentation RNG is seeded from ``(seed, rank, step, index)``, so
+    the random windows, crops and dropouts of a step are the same in a resumed run as in an uninterrupted one.
+    """
+
+    def __init__(
+        self,
+        pipelines: Mapping[str, Iterable],
+        schedule: TaskSchedule,
+        start_step: int = 0,
+        decoders: Mapping[str, Callable] | None = None,
+        collate: Callable | None = None,
+        rank: int = 0,
+    ):
         super().__init__()
         self.pipelines = dict(pipelines)
         self.schedule = schedule
         self.start_step = start_step
+        self.decoders = dict(decoders or {})
+        self.collate = collate
+        self.rank = rank
+        self.decode_errors = 0
+
+    def _decode(self, name: str, raws: list, step: int, stream) -> dict:
+        while True:
+            try:
+                samples = []
+                for index, raw in enumerate(raws):
+                    rng = random.Random(hash((self.schedule.seed, self.rank, step, index)) & 0xFFFFFFFFFFFF)
+                    samples.append(self.decoders[name](raw, rng))
+                return self.collate(samples)
+            except Exception as err:  # a corrupt sample: say so, count it, take the next batch
+                self.decode_errors += 1
+                key = raws[index].get("__key__", "?") if isinstance(raws[index], dict) else "?"
+                log.warning("skipping a batch of %s: sample %s failed to decode (%s); %d so far", name, key, err, self.decode_errors)
+                raws = next(stream)
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
@@ -54,5 +90,7 @@ class TaskScheduledMix(torch.utils.data.IterableDataset):
             if name not in streams:
                 streams[name] = iter(self.pipelines[name])
             batch = next(streams[name])
+            if self.decoders:
+                batch = self._decode(name, batch, step, streams[name])
             batch["step"] = step
             yield batch

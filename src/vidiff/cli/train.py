@@ -1,0 +1,100 @@
+"""``vidiff-train``: the Hydra training app over ``conf/train.yaml``.
+
+    vidiff-train experiment=smoke paths.data_dir=data/tiny
+    vidiff-train experiment=paper/stage3_v2v trainer=ddp logger=wandb
+    vidiff-train -m hparams_search=lr_optuna experiment=smoke
+    vidiff-train --cfg job experiment=smoke          # print the composed config
+
+Outputs go to the run folder (``paths.output_dir``): ``checkpoints/last.ckpt``, ``model/`` (the VIDiff model
+directory ``vidiff-edit --checkpoint`` loads, with EMA weights when EMA is on), logs and videos.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from vidiff.config import conf_dir
+from vidiff.errors import VIDiffError
+
+
+def instantiate_group(cfg: DictConfig | None) -> list[Any]:
+    """Instantiate every ``_target_`` entry of a callbacks/logger group (``null`` entries are skipped)."""
+    if not cfg:
+        return []
+    return [hydra.utils.instantiate(node) for node in cfg.values() if node is not None and "_target_" in node]
+
+
+def resolve_ckpt_path(cfg: DictConfig) -> str | None:
+    ckpt = cfg.get("ckpt_path")
+    if ckpt in (None, ""):
+        return None
+    if ckpt == "last":
+        path = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+        if not path.exists():
+            raise VIDiffError(
+                f"{path}: no checkpoint to resume (ckpt_path=last resumes the run in hydra.run.dir; pass the same "
+                f"hydra.run.dir as the run to resume, or ckpt_path=<file>)"
+            )
+        return str(path)
+    if not Path(ckpt).is_file():
+        raise VIDiffError(f"{ckpt}: ckpt_path does not exist")
+    return str(ckpt)
+
+
+def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
+    """Build everything from ``cfg``, fit, export; return the final metrics and the objects."""
+    import lightning as L
+    import torch
+
+    from vidiff.config import instantiate_model
+
+    L.seed_everything(cfg.seed, workers=True)
+    torch.set_float32_matmul_precision("high")
+    datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
+    model = instantiate_model(cfg.model)
+    module = hydra.utils.instantiate(cfg.stage, model=model, _convert_="all")
+    callbacks = instantiate_group(cfg.get("callbacks"))
+    loggers = instantiate_group(cfg.get("logger"))
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    for logger in loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg))
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if cfg.get("export_model") and trainer.is_global_zero and not trainer.fast_dev_run:
+        out = Path(cfg.paths.output_dir) / "model"
+        with module.ema_scope():
+            module.model.save_pretrained(out)
+        print(f"vidiff-train: model exported to {out}")
+    return metrics, {"trainer": trainer, "module": module, "datamodule": datamodule}
+
+
+@hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")
+def _hydra_main(cfg: DictConfig) -> float | None:
+    try:
+        metrics, _ = train(cfg)
+    except VIDiffError as err:
+        print(f"vidiff-train: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    name = cfg.get("optimized_metric")
+    if name:
+        if name not in metrics:
+            print(
+                f"vidiff-train: error: optimized_metric {name!r} was not logged (have: {sorted(metrics)})",
+                file=sys.stderr,
+            )
+            sys.exit(2)
+        return metrics[name]
+    return None
+
+
+def main() -> None:
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

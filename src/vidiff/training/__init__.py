@@ -1,0 +1,1 @@
+"""Lightning side of VIDiff: the stage module and its callbacks."""

@@ -1,0 +1,1 @@
+from vidiff.training.callbacks.video_logger import VideoLogger
