@@ -226,11 +226,6 @@ def encode_mask(mask: np.ndarray) -> bytes:
     return gzip.compress(buffer.getvalue(), compresslevel=6, mtime=0)
 
 
-def decode_mask(data: bytes, width: int) -> np.ndarray:
-    packed = np.load(io.BytesIO(gzip.decompress(data)), allow_pickle=False)
-    return np.unpackbits(packed, axis=-1, count=width).astype(bool)
-
-
 def encode_sample(sample: Sample, crf: int) -> dict[str, Any]:
     """A :class:`Sample` as WebDataset members (see ``data_prep/README.md``)."""
     target = sample.target
@@ -505,3 +500,14 @@ def paired_specs(key: str, src_dir: Path, tgt_dir: Path, origin: str, max_frames
             }
         specs.append(Spec(f"{key}-{i:03d}", data))
     return specs
+
+
+def load_video_segment(spec: Spec, options: PrepOptions) -> tuple[np.ndarray, Fraction]:
+    """The frames of a ``{video, start, end}`` spec, resized for storage; its recorded error becomes a skip."""
+    if "error" in spec.data:
+        raise SkipSample(spec.data["error"])
+    start, end = spec.data["start"], spec.data["end"]
+    if end - start < options.min_frames:
+        raise SkipSample(f"segment has {end - start} frame(s), fewer than --min-frames {options.min_frames}")
+    frames, fps = read_video_segment(Path(spec.data["video"]), start, end)
+    return fit_frames(frames, options.short_side), fps

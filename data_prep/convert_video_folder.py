@@ -20,12 +20,10 @@ from data_prep.common import (
     Job,
     PrepOptions,
     Sample,
-    SkipSample,
     Spec,
-    fit_frames,
+    load_video_segment,
     np_rng_for,
     probe_frame_count,
-    read_video_segment,
     rng_for,
     safe_key,
     segments,
@@ -86,8 +84,9 @@ def make_jobs(root: Path, args: argparse.Namespace, options: PrepOptions) -> lis
     return [Job(task, split, specs) for task in tasks for split, specs in sorted(by_split.items())]
 
 
-def degrade_clip(task: str, frames, rng_np, rng_py):
-    """(source, target, instruction, meta, style image) for one clean clip."""
+def degrade_clip(task: str, frames, seed: int, key: str):
+    """(source, target, instruction, meta, style image) for one clean clip; random choices seeded by the key."""
+    rng_py, rng_np = rng_for(seed, task, key), np_rng_for(seed, task, key)
     if task == "recolor":
         source, meta = degrade.grayscale(frames)
     elif task == "inpaint":
@@ -106,16 +105,9 @@ def degrade_clip(task: str, frames, rng_np, rng_py):
 
 
 def build(job: Job, spec: Spec, options: PrepOptions) -> Sample:
-    if "error" in spec.data:
-        raise SkipSample(spec.data["error"])
+    frames, fps = load_video_segment(spec, options)
     start, end = spec.data["start"], spec.data["end"]
-    if end - start < options.min_frames:
-        raise SkipSample(f"segment has {end - start} frame(s), fewer than --min-frames {options.min_frames}")
-    frames, fps = read_video_segment(Path(spec.data["video"]), start, end)
-    frames = fit_frames(frames, options.short_side)
-    rng_py = rng_for(options.seed, job.task, spec.key)
-    rng_np = np_rng_for(options.seed, job.task, spec.key)
-    source, target, instruction, meta, style = degrade_clip(job.task, frames, rng_np, rng_py)
+    source, target, instruction, meta, style = degrade_clip(job.task, frames, options.seed, spec.key)
     return Sample(
         key=spec.key,
         task=job.task,

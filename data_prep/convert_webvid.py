@@ -18,13 +18,9 @@ from data_prep.common import (
     Job,
     PrepOptions,
     Sample,
-    SkipSample,
     Spec,
-    fit_frames,
-    np_rng_for,
+    load_video_segment,
     probe_frame_count,
-    read_video_segment,
-    rng_for,
     safe_key,
     segments,
 )
@@ -114,13 +110,8 @@ def make_jobs(root: Path, args: argparse.Namespace, options: PrepOptions) -> lis
 
 
 def build(job: Job, spec: Spec, options: PrepOptions) -> Sample:
-    if "error" in spec.data:
-        raise SkipSample(spec.data["error"])
+    frames, fps = load_video_segment(spec, options)
     start, end = spec.data["start"], spec.data["end"]
-    if end - start < options.min_frames:
-        raise SkipSample(f"segment has {end - start} frame(s), fewer than --min-frames {options.min_frames}")
-    frames, fps = read_video_segment(Path(spec.data["video"]), start, end)
-    frames = fit_frames(frames, options.short_side)
     common = {
         "key": spec.key,
         "task": job.task,
@@ -131,7 +122,5 @@ def build(job: Job, spec: Spec, options: PrepOptions) -> Sample:
     meta = {"first_frame": start, "caption": spec.data["caption"]}
     if job.task == "t2v":
         return Sample(instruction=spec.data["caption"], target=frames, meta=meta, **common)
-    source, target, instruction, extra, _ = degrade_clip(
-        job.task, frames, np_rng_for(options.seed, job.task, spec.key), rng_for(options.seed, job.task, spec.key)
-    )
+    source, target, instruction, extra, _ = degrade_clip(job.task, frames, options.seed, spec.key)
     return Sample(instruction=instruction, source=source, target=target, meta={**meta, **extra}, **common)

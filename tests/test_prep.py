@@ -11,8 +11,8 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from data_prep.common import decode_mask
 from vidiff.cli.prep import main as prep_main
+from vidiff.data.shards import decode_mask
 from vidiff.io import read_video, write_video
 
 

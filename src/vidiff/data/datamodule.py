@@ -8,7 +8,6 @@ from functools import partial
 from typing import Any
 
 import lightning as L
-import torch
 import webdataset as wds
 from lightning.fabric.utilities.seed import pl_worker_init_function
 
@@ -152,7 +151,9 @@ class MultiTaskDataModule(L.LightningDataModule):
         """The infinite stream of single-task batches from global micro-step ``start_step`` on."""
         pipelines = {name: self.task_pipeline(name) for name in self.tasks}
         decoders = {name: _Decode(name, cfg["options"]) for name, cfg in self.tasks.items()}
-        return TaskScheduledMix(pipelines, self.schedule, start_step, decoders=decoders, collate=collate, rank=self._rank())
+        return TaskScheduledMix(
+            pipelines, self.schedule, start_step, decoders=decoders, collate=collate, rank=self._rank()
+        )
 
     def train_dataloader(self) -> wds.WebLoader:
         mix = self.train_dataset(self._start_step())
@@ -166,19 +167,10 @@ class MultiTaskDataModule(L.LightningDataModule):
         return list(self.val_tasks)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"seed": self.seed, "decode_errors": dict(self.decode_errors)}
+        return {"seed": self.seed}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("seed") not in (None, self.seed):
             raise VIDiffError(
                 f"data.seed={self.seed} differs from the checkpoint's {state['seed']}: the task schedule would change"
             )
-
-
-def first_batch(datamodule: MultiTaskDataModule) -> dict[str, Any]:
-    """Convenience for notebooks and tests: the first training batch."""
-    return next(iter(datamodule.train_dataloader()))
-
-
-def describe_batch(batch: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: (tuple(v.shape) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}

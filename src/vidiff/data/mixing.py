@@ -78,7 +78,13 @@ class TaskScheduledMix(torch.utils.data.IterableDataset):
             except Exception as err:  # a corrupt sample: say so, count it, take the next batch
                 self.decode_errors += 1
                 key = raws[index].get("__key__", "?") if isinstance(raws[index], dict) else "?"
-                log.warning("skipping a batch of %s: sample %s failed to decode (%s); %d so far", name, key, err, self.decode_errors)
+                log.warning(
+                    "skipping a batch of %s: sample %s failed to decode (%s); %d so far",
+                    name,
+                    key,
+                    err,
+                    self.decode_errors,
+                )
                 raws = next(stream)
 
     def __iter__(self):

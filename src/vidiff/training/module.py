@@ -10,7 +10,7 @@ The loss is DDPM epsilon-prediction MSE. VAE and CLIP encoders are frozen; the E
 
 from __future__ import annotations
 
-import math
+import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -138,7 +138,11 @@ class VIDiffModule(L.LightningModule):
     def _instruction_and_source(
         self, batch: dict[str, Any], source_latents: torch.Tensor | None, target_shape, generator=None
     ):
-        """Apply conditioning dropout; return (instruction embedding, source latents)."""
+        """Apply conditioning dropout; return (instruction embedding, source latents, whether images were encoded).
+
+        Runs with gradients on: the frozen encoders build no graph, and the trainable image projector (v2v) gets
+        its gradients from this single encoding.
+        """
         b = target_shape[0]
         texts = list(batch["instruction"])
         has_image = batch.get("has_image")
@@ -163,7 +167,7 @@ class VIDiffModule(L.LightningModule):
             texts, images.to(self.device) if images is not None else None, image_mask
         )
         source_latents = source_latents * (~drop_source).view(-1, 1, 1, 1, 1).to(source_latents.dtype)
-        return instruction, source_latents
+        return instruction, source_latents, images is not None
 
     def step_generator(self) -> torch.Generator:
         rank = self.global_rank if self._trainer is not None else 0
@@ -193,13 +197,10 @@ class VIDiffModule(L.LightningModule):
             0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator, device=self.device
         )
         noisy = scheduler.add_noise(latents, noise, timesteps)
-        with torch.no_grad():
-            instruction, source_latents = self._instruction_and_source(batch, source_latents, latents.shape, generator)
+        instruction, source_latents, used_projector = self._instruction_and_source(
+            batch, source_latents, latents.shape, generator
+        )
         projector = self.model.image_projector if self.stage == "v2v" else None
-        used_projector = False
-        if projector is not None and batch.get("has_image") is not None and bool(batch["has_image"].any()):
-            # the projector is trainable: recompute the image tokens with gradients
-            instruction, used_projector = self._with_image_gradients(batch, instruction)
         prediction = self.model.predict_noise(noisy, source_latents, timesteps, instruction)
         loss = F.mse_loss(prediction.float(), noise.float())
         if projector is not None and not used_projector:
@@ -207,15 +208,6 @@ class VIDiffModule(L.LightningModule):
             # gradient buckets complete without find_unused_parameters (and its per-step graph walk)
             loss = loss + 0.0 * sum(p.sum() for p in projector.parameters())
         return loss
-
-    def _with_image_gradients(self, batch, instruction: torch.Tensor) -> torch.Tensor:
-        k = self.model.num_image_tokens
-        kept = instruction[:, -k:].abs().sum(dim=(1, 2)) > 0  # rows whose image tokens survived dropout
-        if not bool(kept.any()):
-            return instruction, False
-        tokens = self.model.encode_image(batch["image"].to(self.device)).to(instruction.dtype)
-        tokens = tokens * kept.view(-1, 1, 1).to(tokens.dtype)
-        return torch.cat([instruction[:, :-k], tokens], dim=1), True
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self.shared_step(batch)
@@ -238,26 +230,23 @@ class VIDiffModule(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         # trained networks in train mode, frozen encoders in eval mode (the model is built in eval mode)
         self.model.eval()
-        self.model.unet.train(self.stage != "none")
+        self.model.unet.train()
         if self.model.image_projector is not None:
             self.model.image_projector.train(self.stage == "v2v")
 
     # ------------------------------------------------------------------------------------------ EMA
+    @contextlib.contextmanager
     def ema_scope(self):
-        """Context manager: the model carries the EMA weights inside, its own weights outside."""
-        module = self
-
-        class _Scope:
-            def __enter__(self_inner):
-                if module.ema is not None:
-                    module.ema.store(module.trainable_parameters())
-                    module.ema.copy_to(module.trainable_parameters())
-
-            def __exit__(self_inner, *exc):
-                if module.ema is not None:
-                    module.ema.restore(module.trainable_parameters())
-
-        return _Scope()
+        """The model carries the EMA weights inside the ``with`` block, its own weights outside."""
+        if self.ema is None:
+            yield
+            return
+        self.ema.store(self.trainable_parameters())
+        self.ema.copy_to(self.trainable_parameters())
+        try:
+            yield
+        finally:
+            self.ema.restore(self.trainable_parameters())
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.ema is not None:
@@ -310,8 +299,6 @@ class VIDiffModule(L.LightningModule):
             loss = self.shared_step(batch)
             self.log(f"val/{task}/loss", loss, batch_size=batch["target"].shape[0], add_dataloader_idx=False)
             return
-        if task not in self.val_psnr:
-            self.val_psnr[task] = PeakSignalNoiseRatio(data_range=1.0).to(self.device)
         with self.ema_scope():
             output = self.translate(batch)
         target = to_model_range(batch["target"].to(self.device))
@@ -337,11 +324,3 @@ class VIDiffModule(L.LightningModule):
             output = self.translate(batch, num_inference_steps=min(10, self.hparams.val_inference_steps))
         source = to_model_range(batch["source"].to(self.device))
         return {f"{batch['task']}": torch.cat([source, output.to(source.dtype), target], dim=-1)}
-
-
-def warmup_factor(step: int, warmup_steps: int) -> float:
-    return 1.0 if warmup_steps <= 0 else min(1.0, (step + 1) / warmup_steps)
-
-
-def count_parameters(params) -> int:
-    return sum(math.prod(p.shape) for p in params)

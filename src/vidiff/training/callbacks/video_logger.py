@@ -9,18 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
-import numpy as np
-import torch
 from einops import rearrange
 from lightning.pytorch.utilities import rank_zero_only
 
 from vidiff.io import write_video
-
-
-def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
-    """``[3, f, h, w]`` in [-1, 1] -> ``[f, h, w, 3]`` uint8."""
-    frames = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return rearrange(frames, "c f h w -> f h w c").cpu().numpy()
+from vidiff.pipelines.vidiff_pipeline import tensor_to_frames
 
 
 class VideoLogger(L.Callback):
@@ -40,7 +33,7 @@ class VideoLogger(L.Callback):
         finally:
             pl_module.train(was_training)
         for name, grid in videos.items():
-            clips = [to_uint8_frames(v) for v in grid]
+            clips = [tensor_to_frames(v) for v in grid]
             logger = trainer.logger
             if logger is not None and type(logger).__name__ == "WandbLogger":
                 arrays = [rearrange(c, "f h w c -> f c h w") for c in clips]
