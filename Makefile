@@ -16,6 +16,8 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install -e ".[dev]"
+	# test vectors only: the TID2013 image pairs inside the pyiqa wheel (its own dependencies are not needed)
+	$(BIN)/python -m pip install --no-deps "pyiqa==0.1.16"
 	@touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install vidiff with its dev tools

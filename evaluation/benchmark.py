@@ -1,0 +1,297 @@
+"""Run a benchmark: translate every held-out video of a split and score it (no Lightning).
+
+Rows of every table:
+
+- ``identity``: the source video as the output (what doing nothing scores);
+- ``vae``: the ground truth encoded and decoded by the model's VAE — the upper bound of any latent model;
+- one row per model checkpoint: the VIDiff pipeline editing the whole video autoregressively (clips of
+  ``clip_length`` frames, the last ``overlap`` edited frames of a clip conditioning the next), with its inference
+  time per video and per frame.
+
+For ``rvos`` the model's overlay output is decoded into masks and scored with J&F against the ground-truth masks.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from evaluation.metrics import MetricWeights, VideoMetric, build_metrics
+from vidiff.errors import VIDiffError
+
+
+@dataclass
+class BenchmarkVideo:
+    key: str
+    source: np.ndarray  # uint8 [f, h, w, 3]
+    target: np.ndarray
+    instruction: str | None
+    image: np.ndarray | None = None
+    mask: np.ndarray | None = None  # bool [f, h, w] (rvos)
+    color: str | None = None
+    fps: float = 25.0
+
+
+def iter_videos(
+    urls, split: str | None, task: str, max_videos: int | None = None, max_frames: int | None = None
+) -> Iterator[BenchmarkVideo]:
+    """Whole held-out videos from WebDataset shards, in shard order."""
+    import webdataset as wds
+
+    from vidiff.data.shards import decode_frames, decode_mask, resolve_urls
+
+    shards = resolve_urls(urls, split=split)
+    dataset = wds.WebDataset(shards, shardshuffle=False, nodesplitter=None, empty_check=False)
+    count = 0
+    for raw in dataset:
+        if max_videos is not None and count >= max_videos:
+            return
+        key = raw["__key__"]
+        try:
+            meta = json.loads(raw["json"])
+            if split is not None and meta.get("split", split) != split:
+                continue
+            n = int(meta["num_frames"]) if max_frames is None else min(int(meta["num_frames"]), max_frames)
+            target = decode_frames(raw["tgt.mp4"], 0, n)
+            source = decode_frames(raw["src.mp4"], 0, n) if "src.mp4" in raw else target
+            mask = decode_mask(raw["mask.npy.gz"], int(meta["width"]))[:n] if "mask.npy.gz" in raw else None
+            image = None
+            if "style.png" in raw:
+                with Image.open(io.BytesIO(raw["style.png"])) as img:
+                    image = np.asarray(img.convert("RGB"))
+            text = raw["txt"].decode() if "txt" in raw else None
+        except (KeyError, ValueError, OSError) as err:
+            raise VIDiffError(f"{raw.get('__url__', urls)}: sample {key} is unreadable ({err})") from None
+        if not text and "style.png" not in raw:
+            raise VIDiffError(f"{raw.get('__url__', urls)}: sample {key} has no instruction (txt) or style image")
+        instruction = text or None
+        fps = meta.get("fps", "25")
+        num, _, den = str(fps).partition("/")
+        yield BenchmarkVideo(
+            key=key,
+            source=source,
+            target=target,
+            instruction=instruction,
+            image=image,
+            mask=mask,
+            color=meta.get("color"),
+            fps=float(num) / float(den or 1),
+        )
+        count += 1
+
+
+@dataclass
+class SamplingOptions:
+    num_inference_steps: int = 20
+    text_guidance_scale: float = 7.5
+    video_guidance_scale: float = 1.5
+    scheduler: str = "ddim"
+    clip_length: int = 16
+    overlap: int = 2
+    seed: int = 0
+
+
+@dataclass
+class RowResult:
+    metrics: dict[str, float]
+    num_videos: int
+    num_frames: int
+    seconds: float | None = None
+    skips: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        row = dict(self.metrics)
+        if self.seconds is not None:
+            row["time_per_video_s"] = self.seconds / max(1, self.num_videos)
+            row["time_per_frame_s"] = self.seconds / max(1, self.num_frames)
+        row["num_videos"] = self.num_videos
+        row["num_frames"] = self.num_frames
+        return row
+
+
+def _as_metric_input(video: BenchmarkVideo, frames: np.ndarray, task: str) -> tuple[np.ndarray, np.ndarray]:
+    """What the metrics compare: frames, or for rvos the decoded masks as white-on-black frames."""
+    if task != "rvos":
+        return frames, video.target
+    from vidiff.overlay import overlay_to_mask
+
+    pred_mask = overlay_to_mask(video.source, frames, video.color or "red")
+    as_frames = lambda m: np.repeat((m.astype(np.uint8) * 255)[..., None], 3, axis=-1)  # noqa: E731
+    target_mask = video.mask if video.mask is not None else np.zeros(frames.shape[:3], bool)
+    return as_frames(pred_mask), as_frames(target_mask)
+
+
+def vae_reconstruction(model, frames: np.ndarray, chunk_size: int = 8) -> np.ndarray:
+    """Encode and decode frames with the model's VAE (the latent upper bound)."""
+    from vidiff.pipelines.vidiff_pipeline import tensor_to_frames, video_to_tensor
+
+    video = video_to_tensor(frames).to(model.device, model.vae.dtype)
+    h, w = video.shape[-2:]
+    m = model.vae_scale_factor
+    pad = (0, (-w) % m, 0, (-h) % m)
+    if any(pad):
+        flat = video[0].permute(1, 0, 2, 3)
+        video = torch.nn.functional.pad(flat, pad, mode="replicate").permute(1, 0, 2, 3)[None]
+    with torch.no_grad():
+        latents = model.encode_video(video, chunk_size=chunk_size)
+        decoded = model.decode_latents(latents, chunk_size=chunk_size)
+    return tensor_to_frames(decoded[0, :, :, :h, :w])
+
+
+class Scorer:
+    """One set of metrics for one row."""
+
+    def __init__(self, names, weights: MetricWeights, device: str, options: Mapping):
+        self.metrics: dict[str, VideoMetric] = build_metrics(names, weights, device, **options)
+
+    def update(self, video: BenchmarkVideo, frames: np.ndarray, task: str) -> None:
+        pred, target = _as_metric_input(video, frames, task)
+        for metric in self.metrics.values():
+            metric.update(pred, target if metric.info.needs_target else None, video.instruction)
+
+    def result(self, num_videos: int, num_frames: int, seconds: float | None) -> RowResult:
+        values: dict[str, float] = {}
+        skips = {}
+        for metric in self.metrics.values():
+            values.update(metric.compute())
+            if metric.skips.count:
+                skips[metric.name] = dict(metric.skips.reasons)
+        return RowResult(values, num_videos, num_frames, seconds, skips)
+
+
+def translate(pipe, video: BenchmarkVideo, sampling: SamplingOptions, overrides: Mapping | None = None) -> np.ndarray:
+    """The whole video edited by the pipeline (autoregressive clips), as uint8 frames."""
+    guidance = {
+        "num_inference_steps": sampling.num_inference_steps,
+        "text_guidance_scale": sampling.text_guidance_scale,
+        "video_guidance_scale": sampling.video_guidance_scale,
+        **(overrides or {}),
+    }
+    summary = pipe.edit_video(
+        video.source,
+        instruction=video.instruction,
+        image=video.image,
+        clip_length=sampling.clip_length,
+        overlap=sampling.overlap,
+        seed=sampling.seed,
+        progress=False,
+        **guidance,
+    )
+    return summary.frames
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    import platform
+
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def run_benchmark(
+    videos: list[BenchmarkVideo],
+    task: str,
+    models: Mapping[str, Any],
+    metric_names,
+    weights: MetricWeights,
+    sampling: SamplingOptions,
+    baselines=("identity", "vae"),
+    device: str = "cpu",
+    metric_options: Mapping | None = None,
+    save_dir: Path | None = None,
+    progress: bool = True,
+) -> dict[str, RowResult]:
+    """Score the baselines and every model (``{label: VIDiffModel}``) on the same videos."""
+    from vidiff.io import write_video
+    from vidiff.pipelines import VIDiffPipeline
+
+    metric_options = dict(metric_options or {})
+    num_frames = sum(len(v.source) for v in videos)
+    rows: dict[str, RowResult] = {}
+    reference_model = next(iter(models.values()), None)
+
+    def save(label: str, video: BenchmarkVideo, frames: np.ndarray) -> None:
+        if save_dir is not None:
+            out = save_dir / label / f"{video.key}.mp4"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            write_video(out, frames, fps=video.fps, overwrite=True)
+
+    for baseline in baselines:
+        if baseline not in ("identity", "vae"):
+            raise VIDiffError(f"unknown baseline {baseline!r} (choose from: identity, vae)")
+        if baseline == "vae" and reference_model is None:
+            raise VIDiffError("the vae baseline needs a model (give checkpoint=...)")
+        scorer = Scorer(metric_names, weights, device, metric_options)
+        for video in tqdm(videos, desc=baseline, unit="video", disable=not progress):
+            frames = video.source if baseline == "identity" else vae_reconstruction(reference_model, video.target)
+            scorer.update(video, frames, task)
+        rows[baseline] = scorer.result(len(videos), num_frames, None)
+
+    for label, model in models.items():
+        pipe = VIDiffPipeline(model, scheduler=sampling.scheduler)
+        pipe.set_progress_bar_config(disable=True)
+        scorer = Scorer(metric_names, weights, device, metric_options)
+        seconds = 0.0
+        for video in tqdm(videos, desc=label, unit="video", disable=not progress):
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            frames = translate(pipe, video, sampling)
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            seconds += time.perf_counter() - start
+            save(label, video, frames)
+            scorer.update(video, frames, task)
+        rows[label] = scorer.result(len(videos), num_frames, seconds)
+    return rows
+
+
+def guidance_grid(
+    videos: list[BenchmarkVideo],
+    task: str,
+    model,
+    metric_name: str,
+    text_scales,
+    video_scales,
+    weights: MetricWeights,
+    sampling: SamplingOptions,
+    device: str = "cpu",
+    metric_options: Mapping | None = None,
+    progress: bool = True,
+) -> tuple[np.ndarray, list[list[np.ndarray]]]:
+    """Figure 5: the metric and a middle frame of the first video for every ``(s_T, s_V)`` pair."""
+    from vidiff.pipelines import VIDiffPipeline
+
+    pipe = VIDiffPipeline(model, scheduler=sampling.scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    values = np.full((len(text_scales), len(video_scales)), math.nan)
+    thumbs: list[list[np.ndarray]] = []
+    cells = [(i, j) for i in range(len(text_scales)) for j in range(len(video_scales))]
+    bar = tqdm(total=len(cells), desc="guidance grid", unit="cell", disable=not progress)
+    for i, s_t in enumerate(text_scales):
+        thumbs.append([])
+        for j, s_v in enumerate(video_scales):
+            scorer = Scorer([metric_name], weights, device, metric_options or {})
+            for k, video in enumerate(videos):
+                frames = translate(
+                    pipe, video, sampling, {"text_guidance_scale": float(s_t), "video_guidance_scale": float(s_v)}
+                )
+                if k == 0:
+                    thumbs[i].append(frames[len(frames) // 2])
+                scorer.update(video, frames, task)
+            result = scorer.result(len(videos), 0, None).metrics
+            values[i, j] = result.get(metric_name, math.nan)
+            bar.update(1)
+    bar.close()
+    return values, thumbs

@@ -1,0 +1,124 @@
+"""``vidiff-score``: score predicted videos with VIDiff's metrics (prints a table, or JSON with ``--json``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+from vidiff.cli.common import pick_device, run_cli
+from vidiff.errors import VIDiffError
+
+
+DEFAULT_METRICS = "psnr,ssim,cdc,colorfulness"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vidiff-score",
+        description=(
+            "Score videos with VIDiff's metrics. PRED and TARGET are video files, folders of frames (one video), or "
+            "folders of videos / frame folders matched by name. Metrics without a reference (cdc, colorfulness, "
+            "niqe, clip, pickscore, consistency) need no TARGET."
+        ),
+        epilog=(
+            "metrics: psnr, ssim, lpips, cdc, colorfulness, niqe, fid, clip, pickscore, consistency, jf. "
+            "lpips, fid, clip, pickscore and consistency need local weights (flags below or VIDIFF_* variables); "
+            "nothing is downloaded. Example: vidiff-score out.mp4 gt.mp4 --metrics psnr,ssim,niqe --json"
+        ),
+    )
+    parser.add_argument("pred", type=Path, help="predicted video(s)")
+    parser.add_argument("target", type=Path, nargs="?", help="ground-truth video(s), matched by name")
+    parser.add_argument("--metrics", default=DEFAULT_METRICS, help=f"comma-separated (default: {DEFAULT_METRICS})")
+    parser.add_argument("--instruction", help="text the clip/pickscore metrics compare frames with")
+    parser.add_argument("--json", action="store_true", help="print a JSON object {metric: value}")
+    parser.add_argument("--per-video", action="store_true", help="also print each video's values (table mode)")
+    parser.add_argument("--frames", type=int, help="score only the first N frames of each video")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:i] (default: auto)")
+    parser.add_argument("--niqe-stride", type=int, default=1, help="NIQE on every k-th frame (default: 1)")
+    parser.add_argument("--colorfulness-abs", action="store_true", help="the abs-opponent (pyimagesearch) variant")
+    weights = parser.add_argument_group("local weights (never downloaded)")
+    weights.add_argument("--fid-weights", help="weights-inception-2015-12-05-6726825d.pth (torch-fidelity)")
+    weights.add_argument("--lpips-weights", help="torchvision backbone file, e.g. alexnet-owt-7be5be79.pth")
+    weights.add_argument("--lpips-net", default="alex", choices=["alex", "vgg", "squeeze"], help="LPIPS backbone")
+    weights.add_argument("--clip-model", help="folder with a Hugging Face CLIP model (clip, consistency)")
+    weights.add_argument("--pickscore-model", help="folder with yuvalkirstain/PickScore_v1")
+    weights.add_argument("--pickscore-processor", help="folder with laion/CLIP-ViT-H-14-laion2B-s32B-b79K's processor")
+    return parser
+
+
+def format_value(value: float) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.4f}" if abs(value) < 10 else f"{value:.2f}"
+
+
+@run_cli("vidiff-score")
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from evaluation.inputs import pair_videos, read_any
+    from evaluation.metrics import MetricWeights, build_metrics, parse_metric_names
+
+    names = parse_metric_names(args.metrics)
+    if args.frames is not None and args.frames < 1:
+        raise VIDiffError(f"--frames must be at least 1, got {args.frames}")
+    pairs = pair_videos(args.pred, args.target)
+    device = pick_device(args.device)
+    weights = MetricWeights.from_env(
+        fid_inception=args.fid_weights,
+        lpips_backbone=args.lpips_weights,
+        lpips_net=args.lpips_net,
+        clip=args.clip_model,
+        pickscore_model=args.pickscore_model,
+        pickscore_processor=args.pickscore_processor,
+    )
+    metrics = build_metrics(
+        names, weights, device, niqe_stride=args.niqe_stride, colorfulness_abs=args.colorfulness_abs
+    )
+    needs_target = [m.name for m in metrics.values() if m.info.needs_target]
+    if needs_target and args.target is None:
+        raise VIDiffError(f"{', '.join(needs_target)} compare with ground truth: give TARGET after PRED")
+
+    per_video = []
+    for name, pred_path, target_path in pairs:
+        pred = read_any(pred_path, args.frames)
+        target = read_any(target_path, args.frames) if target_path is not None else None
+        if target is not None and len(pred) != len(target):
+            raise VIDiffError(f"{pred_path}: {len(pred)} frames, but {target_path} has {len(target)}")
+        row = {"video": name}
+        for metric in metrics.values():
+            row[metric.name] = metric.update(pred, target if metric.info.needs_target else None, args.instruction)
+        per_video.append(row)
+
+    results: dict[str, float] = {}
+    for metric in metrics.values():
+        results.update(metric.compute())
+        if metric.skips.count:
+            reasons = "; ".join(f"{n}x {r}" for r, n in metric.skips.reasons.items())
+            print(
+                f"vidiff-score: note: {metric.name}: {metric.skips.count} video(s) not scored ({reasons})",
+                file=sys.stderr,
+            )
+
+    if args.json:
+        print(json.dumps({k: (None if math.isnan(v) else v) for k, v in results.items()}, indent=2))
+        return 0
+    labels = {m.name: m.info for m in metrics.values()}
+    print(f"{len(pairs)} video(s) scored")
+    width = max(len(k) for k in results) + 2
+    for key, value in results.items():
+        info = labels.get(key)
+        arrow = "" if info is None else (" (higher is better)" if info.higher_is_better else " (lower is better)")
+        print(f"  {key:<{width}}{format_value(value):>10}{arrow}")
+    if args.per_video:
+        columns = [m.name for m in metrics.values() if m.name != "fid"]
+        print("\nvideo\t" + "\t".join(columns))
+        for row in per_video:
+            print(row["video"] + "\t" + "\t".join(format_value(row[c]) for c in columns))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
