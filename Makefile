@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-slow test-all lint format clean shards-tiny smoke bench
+.PHONY: help install demo test test-slow test-all lint format clean shards-tiny smoke bench bench-long bench-gpu
 
 help: ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -41,9 +41,15 @@ shards-tiny: $(STAMP) ## real-footage shards for the smoke run (data/tiny: carph
 smoke: shards-tiny ## a 20-step V2V training run on CPU (outputs/smoke)
 	$(BIN)/vidiff-train experiment=smoke paths.data_dir=data/tiny hydra.run.dir=outputs/smoke
 
-bench: $(STAMP) ## CPU benchmarks (results: BENCHMARKS.md)
-	$(BIN)/python benchmarks/datamodule.py
+bench: $(STAMP) ## CPU benchmark suite, ratios measured side by side (results: BENCHMARKS.md)
+	$(BIN)/python benchmarks/cpu_suite.py
+
+bench-long: $(STAMP) ## long-video memory/time and datamodule throughput in detail (minutes)
 	$(BIN)/python benchmarks/long_video.py
+	$(BIN)/python benchmarks/datamodule.py
+
+bench-gpu: $(STAMP) ## GPU benchmark (needs CUDA): SD-1.5-size model, bf16, 16 frames at 256x256
+	$(BIN)/python benchmarks/gpu.py --json outputs/bench/gpu.json
 
 lint: $(STAMP) ## ruff check + format check
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

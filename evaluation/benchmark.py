@@ -96,6 +96,7 @@ class SamplingOptions:
     num_inference_steps: int = 20
     text_guidance_scale: float = 7.5
     video_guidance_scale: float = 1.5
+    strength: float = 1.0
     scheduler: str = "ddim"
     clip_length: int = 16
     overlap: int = 2
@@ -176,6 +177,7 @@ def translate(pipe, video: BenchmarkVideo, sampling: SamplingOptions, overrides:
         "num_inference_steps": sampling.num_inference_steps,
         "text_guidance_scale": sampling.text_guidance_scale,
         "video_guidance_scale": sampling.video_guidance_scale,
+        "strength": sampling.strength,
         **(overrides or {}),
     }
     summary = pipe.edit_video(

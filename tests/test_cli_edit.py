@@ -106,6 +106,7 @@ def test_refuses_to_overwrite(bikes_path, tmp_path):
         (["-i", "x", "--frames", "0"], "--frames"),
         ([], "--instruction"),
         (["-i", "x", "--image", "nope.png"], "nope.png"),
+        (["-i", "x", "--strength", "1.5"], "--strength"),
     ],
 )
 def test_bad_flags(bikes_path, tmp_path, capsys, args, message):

@@ -111,3 +111,23 @@ def test_schedulers(tiny_model, carphone_frames, scheduler):
 def test_needs_an_instruction(pipe, carphone_frames):
     with pytest.raises(ValueError, match="instruction"):
         pipe(carphone_frames[:2, :16, :16], None)
+
+
+def test_strength_runs_the_tail_of_the_schedule_from_the_noised_source(tiny_model, carphone_frames):
+    original = tiny_model.unet
+    tiny_model.unet = CountingUNet(original)
+    frames = carphone_frames[:3, :32, :32]
+    try:
+        pipe = VIDiffPipeline(tiny_model)
+        pipe.set_progress_bar_config(disable=True)
+        full = _run(pipe, frames, num_inference_steps=4, output_type="latent")
+        assert len(tiny_model.unet.batches) == 4
+        default = _run(pipe, frames, num_inference_steps=4, output_type="latent", strength=1.0)
+        assert torch.equal(full, default)
+        tiny_model.unet.batches.clear()
+        _run(pipe, frames, num_inference_steps=4, strength=0.5)
+        assert len(tiny_model.unet.batches) == 2  # only the last half of the steps run
+        with pytest.raises(ValueError, match="strength"):
+            _run(pipe, frames, strength=0.0)
+    finally:
+        tiny_model.unet = original

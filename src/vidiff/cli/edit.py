@@ -30,6 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--video-scale", type=float, default=1.5, help="source-video guidance scale s_V (default: 1.5)"
     )
     parser.add_argument(
+        "--strength",
+        type=float,
+        default=1.0,
+        help="1.0 samples from pure noise (default); lower values start from the noised source and keep more of it",
+    )
+    parser.add_argument(
         "--scheduler", default="ddim", choices=["ddim", "euler_a", "dpmpp"], help="sampler (default: ddim)"
     )
     parser.add_argument(
@@ -74,6 +80,8 @@ def _validate(args: argparse.Namespace) -> tuple[Path, Path]:
         raise VIDiffError(f"--overlap {args.overlap}: must be >= 0 and smaller than --clip-length {args.clip_length}")
     if args.steps < 1:
         raise VIDiffError(f"--steps {args.steps}: must be at least 1")
+    if not 0 < args.strength <= 1:
+        raise VIDiffError(f"--strength {args.strength}: must be in (0, 1]")
     source, output = Path(args.input), Path(args.output)
     if output.suffix.lower() != ".mp4":
         raise VIDiffError(f"{output}: output must be an .mp4 file")
@@ -157,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         num_inference_steps=args.steps,
         text_guidance_scale=args.text_scale,
         video_guidance_scale=args.video_scale,
+        strength=args.strength,
     )
     if summary.decode_error:
         # a damaged tail is not silently dropped: say how far decoding got

@@ -41,7 +41,7 @@ def resolve_urls(urls: str | Sequence[str], split: str | None = None) -> list[st
     """
     import braceexpand
 
-    items = [urls] if isinstance(urls, str) else list(urls)
+    items = [str(urls)] if isinstance(urls, str | os.PathLike) else list(urls)
     resolved: list[str] = []
     for item in items:
         item = str(item)

@@ -1,0 +1,51 @@
+"""Checkpoint files that are never half-written, and never unpickled beyond tensors and plain values.
+
+Lightning's default writer commits through fsspec, whose local temporary file lives in the system temp folder; a
+move across filesystems is a copy, and a process killed during that copy leaves a truncated ``last.ckpt``. Here
+the checkpoint is written next to its final name, flushed to disk, then renamed in one step (atomic on POSIX),
+so a ``SIGKILL`` at any moment leaves either the previous checkpoint or the new one. Loading uses
+``torch.load(weights_only=True)``: a checkpoint from elsewhere cannot run code when it is resumed from.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric.utilities.types import _PATH
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from vidiff.errors import ModelLoadError
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError("AtomicCheckpointIO takes no storage_options")
+        path = Path(path)
+        if "://" in str(path):  # object storage: Lightning's own transactional writer
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+
+    def load_checkpoint(self, path: _PATH, map_location: Any | None = None, weights_only: bool | None = None):
+        try:
+            return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+        except FileNotFoundError:
+            raise ModelLoadError(f"{path}: checkpoint not found") from None
+        except Exception as err:
+            raise ModelLoadError(
+                f"{path}: not a loadable checkpoint (truncated, or holds objects other than tensors and plain "
+                f"values: {' '.join(str(err).split())[:160]})"
+            ) from None

@@ -1,0 +1,130 @@
+"""``VAEModule``: train the model's autoencoder on video frames (``conf/stage/vae.yaml``).
+
+Real runs use Stable Diffusion's VAE as released and never need this. The ``tiny`` preset's VAE is random, and
+no latent diffusion model can learn through an autoencoder that cannot reconstruct; this stage gives a small
+model a working latent space (the demo runs it first). Loss: MSE + ``l1_weight``·L1 + ``kl_weight``·KL on
+frames of both the source and the target clips (the U-Net sees the latents of both). At the end, the VAE's
+``scaling_factor`` is set to 1 / std of the latents seen in training, as Stable Diffusion chose its 0.18215, so
+the diffusion stages get unit-variance latents.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+from vidiff.data.shards import to_model_range
+from vidiff.models import VIDiffModel
+from vidiff.training.module import load_init_weights
+
+
+class VAEModule(L.LightningModule):
+    """Train ``model.vae`` alone; every other network stays as it is.
+
+    Args:
+        model: the networks; only ``model.vae`` trains.
+        init_from: a model directory or checkpoint to start from.
+        lr, weight_decay, betas, warmup_steps: AdamW with linear warm-up.
+        l1_weight, kl_weight: loss weights beside the MSE.
+        frames_per_step: frames (from sources and targets) per step, drawn evenly from the batch.
+        latent_momentum: momentum of the running latent variance that sets ``scaling_factor``.
+    """
+
+    def __init__(
+        self,
+        model: VIDiffModel,
+        init_from: str | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        betas: Sequence[float] = (0.9, 0.999),
+        warmup_steps: int = 0,
+        l1_weight: float = 0.5,
+        kl_weight: float = 1e-6,
+        frames_per_step: int = 16,
+        latent_momentum: float = 0.99,
+        seed: int = 0,
+    ):
+        super().__init__()
+        betas = [float(b) for b in betas]
+        self.save_hyperparameters(ignore=["model"], logger=False)
+        self.model = model
+        if init_from:
+            load_init_weights(model, init_from)
+        for name, param in model.named_parameters():
+            param.requires_grad_(name.startswith("vae."))
+        # running second moment of the (unscaled) latents; a buffer, so it is checkpointed and resumed
+        self.register_buffer("latent_var", torch.tensor(-1.0))
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        params = [p for p in self.model.vae.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay, betas=tuple(hp.betas))
+        warmup = max(0, int(hp.warmup_steps))
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def on_train_epoch_start(self) -> None:
+        self.model.eval()
+        self.model.vae.train()
+
+    def frames_of(self, batch: dict[str, Any]) -> torch.Tensor:
+        """``[n, 3, h, w]`` in [-1, 1]: frames of the targets and sources, evenly spaced, at most ``frames_per_step``."""
+        videos = [batch["target"]] + ([batch["source"]] if "source" in batch else [])
+        frames = torch.cat([rearrange(v, "b c f h w -> (b f) c h w") for v in videos])
+        n = min(len(frames), int(self.hparams.frames_per_step))
+        index = torch.linspace(0, len(frames) - 1, n).round().long()
+        return to_model_range(frames[index].to(self.device))
+
+    def step_generator(self) -> torch.Generator:
+        step = self.global_step if self._trainer is not None else 0
+        return torch.Generator(device=self.device).manual_seed(int(self.hparams.seed) * 1_000_003 + step * 1009)
+
+    def reconstruction_loss(self, frames: torch.Tensor, sample: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        vae = self.model.vae
+        posterior = vae.encode(frames).latent_dist
+        latents = posterior.sample(self.step_generator()) if sample else posterior.mode()
+        recon = vae.decode(latents).sample
+        loss = F.mse_loss(recon, frames) + self.hparams.l1_weight * F.l1_loss(recon, frames)
+        loss = loss + self.hparams.kl_weight * posterior.kl().mean()
+        return loss, recon, posterior.mode().detach()
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        frames = self.frames_of(batch)
+        loss, recon, latents = self.reconstruction_loss(frames)
+        var = latents.float().pow(2).mean()
+        m = float(self.hparams.latent_momentum)
+        self.latent_var = var if self.latent_var < 0 else m * self.latent_var + (1 - m) * var
+        mse = F.mse_loss(recon.detach().clamp(-1, 1), frames) / 4  # in [0, 1] units
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(frames))
+        self.log("train/vae_psnr", -10 * torch.log10(mse), prog_bar=True, batch_size=len(frames))
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        frames = self.frames_of(batch)
+        _, recon, _ = self.reconstruction_loss(frames, sample=False)
+        mse = F.mse_loss(recon.clamp(-1, 1), frames) / 4
+        self.log(
+            f"val/{batch['task']}/vae_psnr",
+            -10 * torch.log10(mse),
+            batch_size=len(frames),
+            add_dataloader_idx=False,
+        )
+
+    def on_train_end(self) -> None:
+        if self.latent_var > 0:
+            scale = 1.0 / math.sqrt(float(self.latent_var))
+            self.model.vae.register_to_config(scaling_factor=scale)
+
+    @contextlib.contextmanager
+    def ema_scope(self):
+        """No EMA here; the export step asks for the scope of every stage module."""
+        yield
