@@ -35,10 +35,10 @@ PEAK_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 80GB HBM3": 989.0, "H100 
 
 SD15_RANDOM = [
     # the sd15 preset's architecture, every part built from its config with random weights
-    "stable_diffusion=null",
-    "motion_adapter.pretrained=null",
-    "image_encoder.pretrained=null",
-    "+image_encoder.config={hidden_size: 1024, intermediate_size: 4096, num_hidden_layers: 24, "
+    "model.stable_diffusion=null",
+    "model.motion_adapter.pretrained=null",
+    "model.image_encoder.pretrained=null",
+    "+model.image_encoder.config={hidden_size: 1024, intermediate_size: 4096, num_hidden_layers: 24, "
     "num_attention_heads: 16, image_size: 224, patch_size: 14, projection_dim: 768}",
 ]
 
