@@ -165,3 +165,24 @@ def test_eval_cli_user_errors_are_one_line(tmp_path):
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert lines[-1].startswith("vidiff-eval: error:") and "no such shard" in lines[-1]
     assert "Traceback" not in proc.stderr
+
+
+def test_rvos_overlay_outputs_are_scored_as_masks(carphone_frames):
+    """rvos: the model's overlay output is decoded into masks and scored with J&F against the ground truth."""
+    import numpy as np
+
+    from evaluation.benchmark import BenchmarkVideo, Scorer
+    from evaluation.metrics import MetricWeights
+    from vidiff.overlay import render_overlay
+
+    frames = carphone_frames[:4]
+    mask = np.zeros(frames.shape[:3], bool)
+    mask[:, 20:60, 30:90] = True
+    video = BenchmarkVideo("k", frames, render_overlay(frames, mask, "red"), "Mark the car in red.", mask=mask,
+                           color="red")  # fmt: skip
+    perfect, identity = (Scorer(["jf"], MetricWeights(), "cpu", {}) for _ in range(2))
+    perfect.update(video, video.target, "rvos")  # the exact overlay decodes back to the mask
+    identity.update(video, video.source, "rvos")  # no overlay at all: an empty mask
+    assert perfect.result(1, 4, None).metrics["jf"] > 0.95
+    result = identity.result(1, 4, None).metrics
+    assert result["j"] == 0.0 and result["f"] == 0.0

@@ -240,3 +240,26 @@ def test_train_sigkill_then_resume(tiny_shards, tmp_path):
     assert (run / "model").is_dir()
     # it continued from the checkpoint rather than starting over
     assert "Restoring states from the checkpoint" in resumed.stderr + resumed.stdout
+
+
+def test_resume_refuses_checkpoints_that_need_unpickling_or_are_truncated(tmp_path):
+    import datetime
+
+    import torch
+
+    from vidiff.errors import ModelLoadError
+    from vidiff.training.checkpoint_io import AtomicCheckpointIO
+
+    io = AtomicCheckpointIO()
+    good = tmp_path / "good.ckpt"
+    io.save_checkpoint({"state_dict": {"w": torch.ones(2)}, "global_step": 3}, good)
+    assert io.load_checkpoint(good)["global_step"] == 3
+    assert [p.name for p in tmp_path.iterdir()] == ["good.ckpt"]  # no temporary file left behind
+    hostile = tmp_path / "hostile.ckpt"
+    torch.save({"state_dict": {}, "payload": datetime.timedelta(days=1)}, hostile)
+    with pytest.raises(ModelLoadError, match="hostile.ckpt"):
+        io.load_checkpoint(hostile)
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(good.read_bytes()[:100])
+    with pytest.raises(ModelLoadError, match="truncated.ckpt"):
+        io.load_checkpoint(truncated)
