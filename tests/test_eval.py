@@ -186,3 +186,16 @@ def test_rvos_overlay_outputs_are_scored_as_masks(carphone_frames):
     assert perfect.result(1, 4, None).metrics["jf"] > 0.95
     result = identity.result(1, 4, None).metrics
     assert result["j"] == 0.0 and result["f"] == 0.0
+
+
+def test_eval_logs_a_wandb_table_offline(tiny_shards, tiny_checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    out = tmp_path / "wb"
+    evaluate(
+        ["benchmark=table4_deblur_bsd", "benchmark.metrics=[psnr]", f"checkpoint={tiny_checkpoint}",
+         "baselines=[identity]", "wandb.enabled=true", *base_overrides(tiny_shards, out, "deblur")]
+    )  # fmt: skip
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    logged = list(runs[0].rglob("*.wandb"))
+    assert logged and logged[0].stat().st_size > 0
