@@ -1,8 +1,9 @@
 """Weight-free metrics: PSNR, SSIM (torchmetrics), CDC and Colorfulness (own code: no maintained library has them).
 
-Conventions (see docs/reference/metrics.md of the project notes):
+Conventions (the reference definitions and test vectors are cited in tests/test_metrics.py):
 
-- PSNR: per frame on 8-bit RGB cast to float (MAX = 255), averaged over frames, then over videos.
+- PSNR: per frame on 8-bit RGB cast to float (MAX = 255), averaged over frames, then over videos; a frame
+  reproduced exactly (infinite PSNR) counts as 100 dB.
 - SSIM: Wang et al. (Gaussian 11×11, σ = 1.5, K1 = 0.01, K2 = 0.03) on RGB in [0, 1] without downsampling,
   averaged over channels, frames and videos (torchmetrics).
 - CDC (TCVC): Jensen–Shannon divergence (natural log) of the 256-bin histograms of each 8-bit RGB channel between
