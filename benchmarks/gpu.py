@@ -79,6 +79,16 @@ def count_flops(fn) -> float:
     return float(counter.get_total_flops())
 
 
+def eager_flops(model, fn) -> float:
+    """FLOPs of ``fn`` with the U-Net run eagerly: compiled graphs hide their ops from the counter."""
+    compiled = model.unet
+    model.unet = getattr(compiled, "_orig_mod", compiled)
+    try:
+        return count_flops(fn)
+    finally:
+        model.unet = compiled
+
+
 def build_model(name: str, device: torch.device, dtype: torch.dtype, channels_last: bool):
     from vidiff.config import load_model_preset
 
@@ -146,11 +156,7 @@ def main() -> None:
         "command": " ".join(sys.argv),
     }
     edit_times = timed(edit, device, args.warmup, args.repeats)
-    # FLOPs of the same call, counted eagerly (compiled graphs hide their ops from the counter)
-    eager_unet = getattr(model.unet, "_orig_mod", model.unet)
-    compiled_unet, model.unet = model.unet, eager_unet
-    edit_flops = count_flops(edit)
-    model.unet = compiled_unet
+    edit_flops = eager_flops(model, edit)
     results["edit"] = {
         "seconds_median": statistics.median(edit_times),
         "seconds_min": min(edit_times),
@@ -182,9 +188,7 @@ def main() -> None:
             optimizer.zero_grad(set_to_none=True)
 
         step_times = timed(step, device, args.warmup, args.repeats)
-        compiled_unet, train_model.unet = train_model.unet, getattr(train_model.unet, "_orig_mod", train_model.unet)
-        step_flops = count_flops(step)
-        train_model.unet = compiled_unet
+        step_flops = eager_flops(train_model, step)
         results["train_step"] = {
             "seconds_median": statistics.median(step_times),
             "seconds_min": min(step_times),

@@ -151,10 +151,15 @@ def vae_reconstruction(model, frames: np.ndarray, chunk_size: int = 8) -> np.nda
 
 
 class Scorer:
-    """One set of metrics for one row."""
+    """One set of metrics, built (and their networks loaded) once, then :meth:`reset` for each row."""
 
     def __init__(self, names, weights: MetricWeights, device: str, options: Mapping):
         self.metrics: dict[str, VideoMetric] = build_metrics(names, weights, device, **options)
+
+    def reset(self) -> Scorer:
+        for metric in self.metrics.values():
+            metric.reset()
+        return self
 
     def update(self, video: BenchmarkVideo, frames: np.ndarray, task: str) -> None:
         pred, target = _as_metric_input(video, frames, task)
@@ -221,6 +226,7 @@ def run_benchmark(
     metric_options = dict(metric_options or {})
     num_frames = sum(len(v.source) for v in videos)
     rows: dict[str, RowResult] = {}
+    scorer = Scorer(metric_names, weights, device, metric_options)
     reference_model = next(iter(models.values()), None)
 
     def save(label: str, video: BenchmarkVideo, frames: np.ndarray) -> None:
@@ -234,7 +240,7 @@ def run_benchmark(
             raise VIDiffError(f"unknown baseline {baseline!r} (choose from: identity, vae)")
         if baseline == "vae" and reference_model is None:
             raise VIDiffError("the vae baseline needs a model (give checkpoint=...)")
-        scorer = Scorer(metric_names, weights, device, metric_options)
+        scorer.reset()
         for video in tqdm(videos, desc=baseline, unit="video", disable=not progress):
             frames = video.source if baseline == "identity" else vae_reconstruction(reference_model, video.target)
             scorer.update(video, frames, task)
@@ -243,7 +249,7 @@ def run_benchmark(
     for label, model in models.items():
         pipe = VIDiffPipeline(model, scheduler=sampling.scheduler)
         pipe.set_progress_bar_config(disable=True)
-        scorer = Scorer(metric_names, weights, device, metric_options)
+        scorer.reset()
         seconds = 0.0
         for video in tqdm(videos, desc=label, unit="video", disable=not progress):
             if device.startswith("cuda"):
@@ -281,10 +287,11 @@ def guidance_grid(
     thumbs: list[list[np.ndarray]] = []
     cells = [(i, j) for i in range(len(text_scales)) for j in range(len(video_scales))]
     bar = tqdm(total=len(cells), desc="guidance grid", unit="cell", disable=not progress)
+    scorer = Scorer([metric_name], weights, device, metric_options or {})
     for i, s_t in enumerate(text_scales):
         thumbs.append([])
         for j, s_v in enumerate(video_scales):
-            scorer = Scorer([metric_name], weights, device, metric_options or {})
+            scorer.reset()
             for k, video in enumerate(videos):
                 frames = translate(
                     pipe, video, sampling, {"text_guidance_scale": float(s_t), "video_guidance_scale": float(s_v)}

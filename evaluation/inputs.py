@@ -27,17 +27,21 @@ def _images_in(folder: Path) -> list[Path]:
     return sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=_natural_key)
 
 
+def read_image(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as err:
+        raise VIDiffError(f"{path}: not a readable image ({' '.join(str(err).split())[:120]})") from None
+
+
 def read_frames_folder(folder: Path, max_frames: int | None = None) -> np.ndarray:
     images = _images_in(folder)[:max_frames]
     if not images:
         raise VIDiffError(f"{folder}: no image frames found ({', '.join(sorted(IMAGE_SUFFIXES))})")
     frames = []
     for image in images:
-        try:
-            with Image.open(image) as img:
-                frames.append(np.asarray(img.convert("RGB")))
-        except (UnidentifiedImageError, OSError) as err:
-            raise VIDiffError(f"{image}: not a readable image ({' '.join(str(err).split())[:120]})") from None
+        frames.append(read_image(image))
         if frames[-1].shape != frames[0].shape:
             raise VIDiffError(f"{image}: size {frames[-1].shape[1::-1]} differs from the first frame's")
     return np.stack(frames)
@@ -50,17 +54,9 @@ def read_any(path: Path, max_frames: int | None = None) -> np.ndarray:
     if path.is_dir():
         return read_frames_folder(path, max_frames)
     if path.suffix.lower() in IMAGE_SUFFIXES:
-        return read_frames_folder_single(path)
+        return read_image(path)[None]
     frames, _ = read_video(path, max_frames=max_frames)
     return frames
-
-
-def read_frames_folder_single(path: Path) -> np.ndarray:
-    try:
-        with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"))[None]
-    except (UnidentifiedImageError, OSError) as err:
-        raise VIDiffError(f"{path}: not a readable image ({' '.join(str(err).split())[:120]})") from None
 
 
 def list_videos(path: Path) -> dict[str, Path]:

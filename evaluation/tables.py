@@ -14,7 +14,8 @@ TIME_COLUMNS = {"time_per_video_s": "s/video", "time_per_frame_s": "s/frame"}
 ROW_LABELS = {"identity": "Identity (source as output)", "vae": "VAE reconstruction (upper bound)"}
 
 
-def _fmt(value) -> str:
+def format_number(value) -> str:
+    """A table cell: 4 decimals below 1, 2 below 100, 1 above; – for missing or NaN."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     if isinstance(value, int):
@@ -62,7 +63,7 @@ def to_markdown(title, rows, cols, infos, model_rows, notes: Sequence[str] = ())
     for name, row in rows.items():
         cells = []
         for key, _ in cols:
-            text = _fmt(row.get(key))
+            text = format_number(row.get(key))
             cells.append(f"**{text}**" if best.get(key) == name and len(model_rows) > 1 else text)
         lines.append(f"| {ROW_LABELS.get(name, name)} | " + " | ".join(cells) + " |")
     lines.append("")
@@ -105,7 +106,7 @@ def to_latex(title, rows, cols, infos, model_rows) -> str:
     for name, row in rows.items():
         cells = []
         for key, _ in cols:
-            text = _fmt(row.get(key)).replace("–", "--")
+            text = format_number(row.get(key)).replace("–", "--")
             cells.append(rf"\textbf{{{text}}}" if best.get(key) == name and len(model_rows) > 1 else text)
         lines.append(_latex_escape(ROW_LABELS.get(name, name)) + " & " + " & ".join(cells) + r" \\")
         if name == "vae":

@@ -63,20 +63,44 @@ def gradient_video(num_frames: int, height: int, width: int) -> np.ndarray:
 
 
 def encode_video(
-    path, frames: np.ndarray, codec: str, pix_fmt: str, rate: int = 25, input_format: str = "rgb24"
+    path, frames: np.ndarray, codec: str, pix_fmt: str, rate: int = 25, input_format: str = "rgb24", pts=None
 ) -> None:
-    """Encode ``frames`` (``rgb24``/``rgba`` arrays, or ``gray`` 2-D) with a given codec and pixel format."""
+    """Encode ``frames`` (``rgb24``/``rgba`` arrays, or ``gray`` 2-D) with a given codec and pixel format.
+
+    ``pts``: per-frame timestamps in milliseconds, for variable-frame-rate files.
+    """
+    import fractions
+
     import av
 
     with av.open(str(path), "w") as container:
         stream = container.add_stream(codec, rate=rate)
         stream.height, stream.width = frames.shape[1:3]
         stream.pix_fmt = pix_fmt
-        for array in frames:
+        if pts is not None:
+            stream.time_base = stream.codec_context.time_base = fractions.Fraction(1, 1000)
+            stream.codec_context.max_b_frames = 0  # irregular timestamps: keep decode order = display order
+        for i, array in enumerate(frames):
             frame = av.VideoFrame.from_ndarray(array, format=input_format).reformat(format=pix_fmt)
+            if pts is not None:
+                frame.pts, frame.time_base = pts[i], fractions.Fraction(1, 1000)
             for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode(None):
+            container.mux(packet)
+
+
+def write_audio_only(path) -> None:
+    """An mp4 with one AAC audio stream and no video."""
+    import av
+
+    with av.open(str(path), "w", format="mp4") as container:
+        audio = container.add_stream("aac", rate=16000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 4096), np.float32), format="fltp", layout="mono")
+        frame.sample_rate = 16000
+        for packet in audio.encode(frame):
+            container.mux(packet)
+        for packet in audio.encode(None):
             container.mux(packet)
 
 

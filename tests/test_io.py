@@ -7,7 +7,7 @@ import pytest
 from vidiff.errors import VideoReadError
 from vidiff.io import VideoReader, VideoWriter, count_frames, probe_video, read_video, write_video
 
-from .conftest import gradient_video
+from .conftest import gradient_video, write_audio_only
 
 
 def test_probe_real_clip(bikes_path):
@@ -116,14 +116,7 @@ def test_bad_inputs_raise_one_line_errors(tmp_path, content, message):
 
 def test_audio_only_file_is_rejected(tmp_path):
     path = tmp_path / "audio.m4a"
-    with av.open(str(path), "w", format="mp4") as c:
-        audio = c.add_stream("aac", rate=16000)
-        frame = av.AudioFrame.from_ndarray(np.zeros((1, 4096), np.float32), format="fltp", layout="mono")
-        frame.sample_rate = 16000
-        for packet in audio.encode(frame):
-            c.mux(packet)
-        for packet in audio.encode(None):
-            c.mux(packet)
+    write_audio_only(path)
     with pytest.raises(VideoReadError, match="no video stream"):
         probe_video(path)
 

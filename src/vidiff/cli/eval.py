@@ -22,17 +22,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from vidiff.config import conf_dir
 from vidiff.errors import VIDiffError
+from vidiff.utils.files import write_text_atomic
 
 
 def _plain(value):
     return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Atomic: a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def load_models(cfg: DictConfig, device: str, dtype) -> dict[str, Any]:
@@ -63,13 +57,14 @@ def load_models(cfg: DictConfig, device: str, dtype) -> dict[str, Any]:
 
 def metric_plan(cfg: DictConfig, weights) -> tuple[list[str], list[str]]:
     """The metrics to compute, and notes about those left out (missing weights with ``missing_weights=skip``)."""
-    from evaluation.metrics import build_metric, parse_metric_names
+    from evaluation.metrics import parse_metric_names
+    from evaluation.metrics.learned import check_weights
 
     names = parse_metric_names(list(cfg.benchmark.metrics))
     kept, notes = [], []
     for name in names:
         try:
-            build_metric(name, weights, "cpu", **_plain(cfg.metric_options))
+            check_weights(name, weights)  # before any work; the networks load once, in the benchmark run
             kept.append(name)
         except VIDiffError as err:
             if cfg.missing_weights != "skip" or "needs" not in str(err):
@@ -82,7 +77,7 @@ def metric_plan(cfg: DictConfig, weights) -> tuple[list[str], list[str]]:
 
 def run_table(cfg: DictConfig, out: Path) -> dict[str, Any]:
     from evaluation.benchmark import SamplingOptions, device_name, iter_videos, run_benchmark
-    from evaluation.metrics import MetricWeights, build_metric
+    from evaluation.metrics import MetricWeights, metric_info
     from evaluation.tables import columns_of, to_csv, to_latex, to_markdown
     from vidiff.cli.common import pick_device, pick_dtype
     from vidiff.utils.frames import resize_frames, working_size
@@ -122,7 +117,7 @@ def run_table(cfg: DictConfig, out: Path) -> dict[str, Any]:
         metric_options=_plain(cfg.metric_options),
         save_dir=out / "videos" if cfg.save_videos else None,
     )
-    infos = {name: build_metric(name, weights, "cpu", **_plain(cfg.metric_options)).info for name in metrics}
+    infos = {name: metric_info(name) for name in metrics}
     if "jf" in infos:
         from evaluation.metrics import MetricInfo
 
@@ -157,11 +152,11 @@ def run_table(cfg: DictConfig, out: Path) -> dict[str, Any]:
                  for name, row in table_rows.items()},
         "notes": notes,
     }  # fmt: skip
-    _write_text(out / "metrics.json", json.dumps(result, indent=2) + "\n")
+    write_text_atomic(out / "metrics.json", json.dumps(result, indent=2) + "\n")
     markdown = to_markdown(bench.title, table_rows, cols, infos, model_rows, notes)
-    _write_text(out / "table.md", markdown)
-    _write_text(out / "table.csv", to_csv(table_rows, cols))
-    _write_text(out / "table.tex", to_latex(bench.title, table_rows, cols, infos, model_rows))
+    write_text_atomic(out / "table.md", markdown)
+    write_text_atomic(out / "table.csv", to_csv(table_rows, cols))
+    write_text_atomic(out / "table.tex", to_latex(bench.title, table_rows, cols, infos, model_rows))
     if cfg.wandb.enabled:
         log_wandb(cfg, out, bench, table_rows, cols)
     print(markdown)
@@ -212,7 +207,7 @@ def run_guidance_grid(cfg: DictConfig, out: Path) -> dict[str, Any]:
         "video_scales": video_scales,
         "values": [[None if math.isnan(v) else float(v) for v in row] for row in values],
     }
-    _write_text(out / "guidance_grid.json", json.dumps(result, indent=2) + "\n")
+    write_text_atomic(out / "guidance_grid.json", json.dumps(result, indent=2) + "\n")
     print(f"vidiff-eval: wrote {out}/figure5_heatmap.png, figure5_frames.png, guidance_grid.json")
     return result
 
@@ -223,7 +218,7 @@ def run_compare(cfg: DictConfig, out: Path) -> dict[str, Any]:
     runs = _plain(cfg.compare.runs) or {}
     metrics = _plain(cfg.compare.metrics)
     values = compare_runs(runs, metrics, out / "figure7.png", cfg.compare.row)
-    _write_text(out / "compare.json", json.dumps(values, indent=2) + "\n")
+    write_text_atomic(out / "compare.json", json.dumps(values, indent=2) + "\n")
     print(f"vidiff-eval: wrote {out}/figure7.png, compare.json")
     return values
 

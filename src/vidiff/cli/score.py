@@ -49,17 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def format_value(value: float) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    return f"{value:.4f}" if abs(value) < 10 else f"{value:.2f}"
-
-
 @run_cli("vidiff-score")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from evaluation.inputs import pair_videos, read_any
     from evaluation.metrics import MetricWeights, build_metrics, parse_metric_names
+    from evaluation.tables import format_number
 
     names = parse_metric_names(args.metrics)
     if args.frames is not None and args.frames < 1:
@@ -111,12 +106,12 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in results.items():
         info = labels.get(key)
         arrow = "" if info is None else (" (higher is better)" if info.higher_is_better else " (lower is better)")
-        print(f"  {key:<{width}}{format_value(value):>10}{arrow}")
+        print(f"  {key:<{width}}{format_number(value):>10}{arrow}")
     if args.per_video:
         columns = [m.name for m in metrics.values() if m.name != "fid"]
         print("\nvideo\t" + "\t".join(columns))
         for row in per_video:
-            print(row["video"] + "\t" + "\t".join(format_value(row[c]) for c in columns))
+            print(row["video"] + "\t" + "\t".join(format_number(row[c]) for c in columns))
     return 0
 
 

@@ -30,3 +30,11 @@ def publish(tmp: Path, final: Path) -> Path:
     else:
         os.replace(tmp, final)
     return final
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write a text file so that a reader never sees half of it (temporary name beside it, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    tmp.write_text(text)
+    return publish(tmp, path)
