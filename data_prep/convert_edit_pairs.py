@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_prep.common import (
+from vidiff.data_prep.common import (
     IMAGE_SUFFIXES,
     VIDEO_SUFFIXES,
     Job,

@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from data_prep.common import Job, PrepOptions, Sample, Spec, list_frames
-from data_prep.rvos_common import build_rvos, object_specs
+from vidiff.data_prep.common import Job, PrepOptions, Sample, Spec, list_frames
+from vidiff.data_prep.rvos_common import build_rvos, object_specs
 from vidiff.errors import VIDiffError
 
 

@@ -14,8 +14,8 @@ import argparse
 import fnmatch
 from pathlib import Path
 
-from data_prep import degrade
-from data_prep.common import (
+from vidiff.data_prep import degrade
+from vidiff.data_prep.common import (
     VIDEO_SUFFIXES,
     Job,
     PrepOptions,

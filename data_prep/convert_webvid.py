@@ -14,7 +14,7 @@ import argparse
 import csv
 from pathlib import Path
 
-from data_prep.common import (
+from vidiff.data_prep.common import (
     Job,
     PrepOptions,
     Sample,
@@ -24,7 +24,7 @@ from data_prep.common import (
     safe_key,
     segments,
 )
-from data_prep.convert_video_folder import degrade_clip, parse_tasks
+from vidiff.data_prep.convert_video_folder import degrade_clip, parse_tasks
 from vidiff.errors import VIDiffError
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_prep.common import (
+from vidiff.data_prep.common import (
     Job,
     PrepOptions,
     Sample,

@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from evaluation.metrics import MetricWeights, VideoMetric, build_metrics
+from vidiff.evaluation.metrics import MetricWeights, VideoMetric, build_metrics
 from vidiff.errors import VIDiffError
 
 

@@ -7,7 +7,7 @@ import io
 import math
 from collections.abc import Mapping, Sequence
 
-from evaluation.metrics import MetricInfo
+from vidiff.evaluation.metrics import MetricInfo
 
 
 TIME_COLUMNS = {"time_per_video_s": "s/video", "time_per_frame_s": "s/frame"}

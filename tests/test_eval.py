@@ -171,8 +171,8 @@ def test_rvos_overlay_outputs_are_scored_as_masks(carphone_frames):
     """rvos: the model's overlay output is decoded into masks and scored with J&F against the ground truth."""
     import numpy as np
 
-    from evaluation.benchmark import BenchmarkVideo, Scorer
-    from evaluation.metrics import MetricWeights
+    from vidiff.evaluation.benchmark import BenchmarkVideo, Scorer
+    from vidiff.evaluation.metrics import MetricWeights
     from vidiff.overlay import render_overlay
 
     frames = carphone_frames[:4]

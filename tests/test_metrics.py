@@ -11,10 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from evaluation.metrics import MetricWeights, build_metric, build_metrics
-from evaluation.metrics.niqe import niqe_gray
-from evaluation.metrics.pixel import cdc, colorfulness, psnr_frames, rgb2gray, ssim_frames
-from evaluation.metrics.segmentation import JF, contour_f, jaccard
+from vidiff.evaluation.metrics import MetricWeights, build_metric, build_metrics
+from vidiff.evaluation.metrics.niqe import niqe_gray
+from vidiff.evaluation.metrics.pixel import cdc, colorfulness, psnr_frames, rgb2gray, ssim_frames
+from vidiff.evaluation.metrics.segmentation import JF, contour_f, jaccard
 from vidiff.errors import VIDiffError
 
 
@@ -194,7 +194,7 @@ def test_fid_pools_frames_and_matches_the_closed_form():
     """A custom feature network (torchmetrics' hook): FID equals the Fréchet distance computed with scipy."""
     from scipy import linalg
 
-    from evaluation.metrics.learned import FID
+    from vidiff.evaluation.metrics.learned import FID
 
     class MeanColour(torch.nn.Module):
         def forward(self, x):

@@ -127,7 +127,7 @@ def test_same_input_gives_identical_shards(video_folder, tmp_path):
 
 
 def test_interrupted_run_resumes_to_the_same_shards(video_folder, tmp_path, monkeypatch):
-    import data_prep.convert_video_folder as converter
+    import vidiff.data_prep.convert_video_folder as converter
 
     args = [
         "video-folder",

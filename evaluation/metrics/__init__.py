@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from evaluation.metrics.base import MetricInfo, VideoMetric
-from evaluation.metrics.learned import MetricWeights
+from vidiff.evaluation.metrics.base import MetricInfo, VideoMetric
+from vidiff.evaluation.metrics.learned import MetricWeights
 from vidiff.errors import VIDiffError
 
 
@@ -43,17 +43,17 @@ def parse_metric_names(names: str | Iterable[str]) -> list[str]:
 
 # name -> (module, class), imported on demand so the weight-free metrics never import the network code
 _CLASSES = {
-    "psnr": ("evaluation.metrics.pixel", "PSNR"),
-    "ssim": ("evaluation.metrics.pixel", "SSIM"),
-    "cdc": ("evaluation.metrics.pixel", "CDC"),
-    "colorfulness": ("evaluation.metrics.pixel", "Colorfulness"),
-    "niqe": ("evaluation.metrics.niqe", "NIQE"),
-    "jf": ("evaluation.metrics.segmentation", "JF"),
-    "lpips": ("evaluation.metrics.learned", "LPIPS"),
-    "fid": ("evaluation.metrics.learned", "FID"),
-    "clip": ("evaluation.metrics.learned", "CLIPScore"),
-    "consistency": ("evaluation.metrics.learned", "FrameConsistency"),
-    "pickscore": ("evaluation.metrics.learned", "PickScore"),
+    "psnr": ("vidiff.evaluation.metrics.pixel", "PSNR"),
+    "ssim": ("vidiff.evaluation.metrics.pixel", "SSIM"),
+    "cdc": ("vidiff.evaluation.metrics.pixel", "CDC"),
+    "colorfulness": ("vidiff.evaluation.metrics.pixel", "Colorfulness"),
+    "niqe": ("vidiff.evaluation.metrics.niqe", "NIQE"),
+    "jf": ("vidiff.evaluation.metrics.segmentation", "JF"),
+    "lpips": ("vidiff.evaluation.metrics.learned", "LPIPS"),
+    "fid": ("vidiff.evaluation.metrics.learned", "FID"),
+    "clip": ("vidiff.evaluation.metrics.learned", "CLIPScore"),
+    "consistency": ("vidiff.evaluation.metrics.learned", "FrameConsistency"),
+    "pickscore": ("vidiff.evaluation.metrics.learned", "PickScore"),
 }
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from evaluation.metrics.base import MetricInfo, VideoMetric
+from vidiff.evaluation.metrics.base import MetricInfo, VideoMetric
 from vidiff.errors import VIDiffError
 
 
@@ -196,7 +196,7 @@ class FID(VideoMetric):
 
     @torch.no_grad()
     def update(self, pred, target=None, instruction=None) -> float:
-        from evaluation.metrics.base import check_video
+        from vidiff.evaluation.metrics.base import check_video
 
         pred = check_video(pred, "prediction")
         if target is None:

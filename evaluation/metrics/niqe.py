@@ -17,8 +17,8 @@ import numpy as np
 from scipy.ndimage import convolve
 from scipy.special import gamma
 
-from evaluation.metrics.base import MetricInfo, VideoMetric
-from evaluation.metrics.pixel import rgb2gray
+from vidiff.evaluation.metrics.base import MetricInfo, VideoMetric
+from vidiff.evaluation.metrics.pixel import rgb2gray
 from vidiff.errors import VIDiffError
 
 

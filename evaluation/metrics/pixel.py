@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torchmetrics.functional.image import structural_similarity_index_measure
 
-from evaluation.metrics.base import MetricInfo, VideoMetric
+from vidiff.evaluation.metrics.base import MetricInfo, VideoMetric
 
 
 def psnr_frames(pred: np.ndarray, target: np.ndarray, data_range: float = 255.0) -> np.ndarray:

@@ -16,7 +16,7 @@ import math
 import numpy as np
 from scipy.ndimage import binary_dilation
 
-from evaluation.metrics.base import MetricInfo, VideoMetric
+from vidiff.evaluation.metrics.base import MetricInfo, VideoMetric
 
 
 def jaccard(pred: np.ndarray, target: np.ndarray) -> float:

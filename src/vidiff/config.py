@@ -12,12 +12,21 @@ from vidiff.errors import VIDiffError
 
 
 def conf_dir() -> Path:
-    """The ``conf/`` folder: ``$VIDIFF_CONF_DIR`` if set, else the one beside ``src/`` in this checkout."""
+    """The ``conf/`` folder: ``$VIDIFF_CONF_DIR`` if set, else the one installed with the package
+    (``vidiff/conf`` in a wheel), else the checkout's top-level ``conf/`` (an editable install).
+
+    A user's own configs extend or override these without copying them: ``vidiff-train --config-dir my_conf``
+    puts ``my_conf/`` on Hydra's search path ahead of the package's configs.
+    """
     env = os.environ.get("VIDIFF_CONF_DIR")
-    path = Path(env) if env else Path(__file__).resolve().parents[2] / "conf"
-    if not (path / "model").is_dir():
-        raise VIDiffError(f"{path}: VIDiff config folder not found (set VIDIFF_CONF_DIR to the repository's conf/)")
-    return path
+    here = Path(__file__).resolve().parent
+    candidates = [Path(env)] if env else [here / "conf", here.parents[1] / "conf"]
+    for path in candidates:
+        if (path / "model").is_dir():
+            return path
+    raise VIDiffError(
+        f"{candidates[0]}: VIDiff config folder not found (reinstall vidiff, or set VIDIFF_CONF_DIR to a conf/ folder)"
+    )
 
 
 def model_presets() -> list[str]:

@@ -112,8 +112,8 @@ class Demo:
 
     def edit_long_clip(self, model_dir: Path) -> dict[str, dict[str, dict[str, float]]]:
         """Edit the long held-out clip for every task; returns long-clip metrics per task."""
-        from data_prep.convert_video_folder import degrade_clip
-        from evaluation.metrics.pixel import psnr_frames, ssim_frames
+        from vidiff.data_prep.convert_video_folder import degrade_clip
+        from vidiff.evaluation.metrics.pixel import psnr_frames, ssim_frames
         from vidiff.io import read_video, write_video
         from vidiff.utils.frames import resize_frames, working_size
 
@@ -178,7 +178,7 @@ class Demo:
     def plots(self) -> list[Path]:
         import csv
 
-        from evaluation.figures import loss_curve
+        from vidiff.evaluation.figures import loss_curve
 
         written = []
         for name, title in (("v2v", "V2V (stage 3) training loss"), ("vae", "autoencoder training loss")):
@@ -198,7 +198,7 @@ class Demo:
 
     # ------------------------------------------------------------------ report
     def report(self, results: dict, verdicts: dict) -> None:
-        from evaluation.tables import format_number
+        from vidiff.evaluation.tables import format_number
 
         lines = [
             "# make demo: results",

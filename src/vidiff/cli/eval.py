@@ -57,8 +57,8 @@ def load_models(cfg: DictConfig, device: str, dtype) -> dict[str, Any]:
 
 def metric_plan(cfg: DictConfig, weights) -> tuple[list[str], list[str]]:
     """The metrics to compute, and notes about those left out (missing weights with ``missing_weights=skip``)."""
-    from evaluation.metrics import parse_metric_names
-    from evaluation.metrics.learned import check_weights
+    from vidiff.evaluation.metrics import parse_metric_names
+    from vidiff.evaluation.metrics.learned import check_weights
 
     names = parse_metric_names(list(cfg.benchmark.metrics))
     kept, notes = [], []
@@ -76,9 +76,9 @@ def metric_plan(cfg: DictConfig, weights) -> tuple[list[str], list[str]]:
 
 
 def run_table(cfg: DictConfig, out: Path) -> dict[str, Any]:
-    from evaluation.benchmark import SamplingOptions, device_name, iter_videos, run_benchmark
-    from evaluation.metrics import MetricWeights, metric_info
-    from evaluation.tables import columns_of, to_csv, to_latex, to_markdown
+    from vidiff.evaluation.benchmark import SamplingOptions, device_name, iter_videos, run_benchmark
+    from vidiff.evaluation.metrics import MetricWeights, metric_info
+    from vidiff.evaluation.tables import columns_of, to_csv, to_latex, to_markdown
     from vidiff.cli.common import pick_device, pick_dtype
     from vidiff.utils.frames import resize_frames, working_size
 
@@ -119,7 +119,7 @@ def run_table(cfg: DictConfig, out: Path) -> dict[str, Any]:
     )
     infos = {name: metric_info(name) for name in metrics}
     if "jf" in infos:
-        from evaluation.metrics import MetricInfo
+        from vidiff.evaluation.metrics import MetricInfo
 
         infos["j"] = MetricInfo("j", "J", True)
         infos["f"] = MetricInfo("f", "F", True)
@@ -177,9 +177,9 @@ def log_wandb(cfg: DictConfig, out: Path, bench, rows, cols) -> None:
 
 
 def run_guidance_grid(cfg: DictConfig, out: Path) -> dict[str, Any]:
-    from evaluation.benchmark import SamplingOptions, guidance_grid, iter_videos
-    from evaluation.figures import guidance_heatmap, guidance_image_grid
-    from evaluation.metrics import MetricWeights
+    from vidiff.evaluation.benchmark import SamplingOptions, guidance_grid, iter_videos
+    from vidiff.evaluation.figures import guidance_heatmap, guidance_image_grid
+    from vidiff.evaluation.metrics import MetricWeights
     from vidiff.cli.common import pick_device, pick_dtype
 
     bench = cfg.benchmark
@@ -213,7 +213,7 @@ def run_guidance_grid(cfg: DictConfig, out: Path) -> dict[str, Any]:
 
 
 def run_compare(cfg: DictConfig, out: Path) -> dict[str, Any]:
-    from evaluation.figures import compare_runs
+    from vidiff.evaluation.figures import compare_runs
 
     runs = _plain(cfg.compare.runs) or {}
     metrics = _plain(cfg.compare.metrics)

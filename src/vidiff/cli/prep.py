@@ -19,18 +19,18 @@ from vidiff.errors import VIDiffError
 
 
 CONVERTERS = {
-    "video-folder": "data_prep.convert_video_folder",
-    "webvid": "data_prep.convert_webvid",
-    "hazeworld": "data_prep.convert_hazeworld",
-    "bsd": "data_prep.convert_bsd",
-    "ref-davis": "data_prep.convert_ref_davis",
-    "refer-youtube-vos": "data_prep.convert_refer_youtube_vos",
-    "edit-pairs": "data_prep.convert_edit_pairs",
+    "video-folder": "vidiff.data_prep.convert_video_folder",
+    "webvid": "vidiff.data_prep.convert_webvid",
+    "hazeworld": "vidiff.data_prep.convert_hazeworld",
+    "bsd": "vidiff.data_prep.convert_bsd",
+    "ref-davis": "vidiff.data_prep.convert_ref_davis",
+    "refer-youtube-vos": "vidiff.data_prep.convert_refer_youtube_vos",
+    "edit-pairs": "vidiff.data_prep.convert_edit_pairs",
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from data_prep.common import PrepOptions
+    from vidiff.data_prep.common import PrepOptions
 
     defaults = PrepOptions()
     parser = argparse.ArgumentParser(
@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 @run_cli("vidiff-prep")
 def main(argv: list[str] | None = None) -> int:
-    from data_prep.common import PrepOptions, run_converter
+    from vidiff.data_prep.common import PrepOptions, run_converter
 
     args = build_parser().parse_args(argv)
     for flag in ("short_side", "max_frames", "shard_size", "workers", "min_frames"):

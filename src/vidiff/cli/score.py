@@ -52,9 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
 @run_cli("vidiff-score")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from evaluation.inputs import pair_videos, read_any
-    from evaluation.metrics import MetricWeights, build_metrics, parse_metric_names
-    from evaluation.tables import format_number
+    from vidiff.evaluation.inputs import pair_videos, read_any
+    from vidiff.evaluation.metrics import MetricWeights, build_metrics, parse_metric_names
+    from vidiff.evaluation.tables import format_number
 
     names = parse_metric_names(args.metrics)
     if args.frames is not None and args.frames < 1:
