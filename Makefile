@@ -18,6 +18,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -e ".[dev]"
 	# test vectors only: the TID2013 image pairs inside the pyiqa wheel (its own dependencies are not needed)
 	$(BIN)/python -m pip install --no-deps "pyiqa==0.1.16"
+	# test-only, an independent writer of the released SD-1 key layout: the original LDM model code (ldm/)
+	$(BIN)/python -m pip install --no-deps "stable-diffusion-sdkit==2.1.5"
 	@touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install vidiff with its dev tools

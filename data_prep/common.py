@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from vidiff.errors import VIDiffError
 from vidiff.io.video import VideoReader, write_video
-from vidiff.utils.files import publish
+from vidiff.utils.files import publish, write_json_atomic
 from vidiff.utils.frames import resize_frames
 
 
@@ -273,15 +273,6 @@ class JobState:
         return sum(s["count"] for s in self.shards)
 
 
-def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-    publish(Path(tmp), path)
-
-
 def _build_one(build: Callable[[Job, Spec, PrepOptions], Sample], job: Job, options: PrepOptions, spec: Spec):
     """Worker body: a sample's encoded members, or the skip reason. Never raises for a bad sample."""
     try:
@@ -339,7 +330,7 @@ def _update_sizes(folder: Path, name: str, count: int) -> None:
     path = folder / "sizes.json"
     sizes = json.loads(path.read_text()) if path.exists() else {}
     sizes[name] = count
-    _write_json(path, sizes)
+    write_json_atomic(path, sizes)
 
 
 def run_converter(
@@ -367,7 +358,7 @@ def run_converter(
             pool.terminate()
     report["written"] = sum(j["written"] for j in report["jobs"])
     report["skipped"] = sum(j["skipped"] for j in report["jobs"])
-    _write_json(out_dir / "reports" / f"{source}.json", report)
+    write_json_atomic(out_dir / "reports" / f"{source}.json", report)
     return report
 
 
@@ -424,7 +415,7 @@ def _run_job(source, job, build, out_dir, options, extra, progress, pool) -> dic
                 shard = None
             state.next_spec = len(job.specs)
             state.complete = True
-            _write_json(state_path, asdict(state))
+            write_json_atomic(state_path, asdict(state))
         except BaseException:
             if shard is not None:
                 shard.abort()
@@ -449,7 +440,7 @@ def _commit(state: JobState, shard: _ShardFile, next_spec: int, folder: Path, st
     state.shards.append({"name": shard.final.name, "count": shard.count})
     state.next_spec = next_spec
     _update_sizes(folder, shard.final.name, shard.count)
-    _write_json(state_path, asdict(state))
+    write_json_atomic(state_path, asdict(state))
 
 
 def build_frame_pair(job: Job, spec: Spec, options: PrepOptions, instruction: str, fps: Fraction, meta=None) -> Sample:

@@ -11,8 +11,8 @@ import argparse
 from fractions import Fraction
 from pathlib import Path
 
-from vidiff.data_prep.common import Job, PrepOptions, Sample, SkipSample, Spec, build_frame_pair, paired_specs, rng_for
 from vidiff.data.tasks import instruction_for
+from vidiff.data_prep.common import Job, PrepOptions, Sample, SkipSample, Spec, build_frame_pair, paired_specs, rng_for
 from vidiff.errors import VIDiffError
 
 

@@ -14,6 +14,7 @@ import argparse
 import fnmatch
 from pathlib import Path
 
+from vidiff.data.tasks import RESTORATION_TASKS, SYNTHETIC_TASKS, instruction_for
 from vidiff.data_prep import degrade
 from vidiff.data_prep.common import (
     VIDEO_SUFFIXES,
@@ -28,13 +29,12 @@ from vidiff.data_prep.common import (
     safe_key,
     segments,
 )
-from vidiff.data.tasks import instruction_for
 from vidiff.errors import VIDiffError
 
 
 SOURCE = "video-folder"
-TASKS = ("recolor", "inpaint", "dehaze", "deblur", "edit")
-DEFAULT_TASKS = "recolor,inpaint,dehaze,deblur"
+TASKS = SYNTHETIC_TASKS
+DEFAULT_TASKS = ",".join(RESTORATION_TASKS)
 HELP = "any folder of videos -> synthetic recolor/inpaint/dehaze/deblur (and edit) triplets"
 
 

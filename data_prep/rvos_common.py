@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vidiff.data.tasks import instruction_for
 from vidiff.data_prep.common import (
     Job,
     PrepOptions,
@@ -26,7 +27,6 @@ from vidiff.data_prep.common import (
     rng_for,
     segments,
 )
-from vidiff.data.tasks import instruction_for
 from vidiff.overlay import PALETTE, render_overlay
 
 

@@ -27,8 +27,9 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from vidiff.evaluation.metrics import MetricWeights, VideoMetric, build_metrics
 from vidiff.errors import VIDiffError
+from vidiff.evaluation.metrics import MetricWeights
+from vidiff.evaluation.scoring import Scorer
 
 
 @dataclass
@@ -135,45 +136,25 @@ def _as_metric_input(video: BenchmarkVideo, frames: np.ndarray, task: str) -> tu
 
 def vae_reconstruction(model, frames: np.ndarray, chunk_size: int = 8) -> np.ndarray:
     """Encode and decode frames with the model's VAE (the latent upper bound)."""
-    from vidiff.pipelines.vidiff_pipeline import tensor_to_frames, video_to_tensor
+    from vidiff.pipelines.vidiff_pipeline import pad_to_multiple, tensor_to_frames, video_to_tensor
 
-    video = video_to_tensor(frames).to(model.device, model.vae.dtype)
-    h, w = video.shape[-2:]
-    m = model.vae_scale_factor
-    pad = (0, (-w) % m, 0, (-h) % m)
-    if any(pad):
-        flat = video[0].permute(1, 0, 2, 3)
-        video = torch.nn.functional.pad(flat, pad, mode="replicate").permute(1, 0, 2, 3)[None]
+    video, (h, w) = pad_to_multiple(video_to_tensor(frames).to(model.device, model.vae.dtype), model.vae_scale_factor)
     with torch.no_grad():
         latents = model.encode_video(video, chunk_size=chunk_size)
         decoded = model.decode_latents(latents, chunk_size=chunk_size)
     return tensor_to_frames(decoded[0, :, :, :h, :w])
 
 
-class Scorer:
-    """One set of metrics, built (and their networks loaded) once, then :meth:`reset` for each row."""
-
-    def __init__(self, names, weights: MetricWeights, device: str, options: Mapping):
-        self.metrics: dict[str, VideoMetric] = build_metrics(names, weights, device, **options)
-
-    def reset(self) -> Scorer:
-        for metric in self.metrics.values():
-            metric.reset()
-        return self
+class RowScorer(Scorer):
+    """The benchmark's view of a :class:`~vidiff.evaluation.scoring.Scorer`: a model's frames against a
+    :class:`BenchmarkVideo` (rvos outputs are decoded into masks first), and a :class:`RowResult` per row."""
 
     def update(self, video: BenchmarkVideo, frames: np.ndarray, task: str) -> None:
         pred, target = _as_metric_input(video, frames, task)
-        for metric in self.metrics.values():
-            metric.update(pred, target if metric.info.needs_target else None, video.instruction)
+        self.score(pred, target, video.instruction)
 
     def result(self, num_videos: int, num_frames: int, seconds: float | None) -> RowResult:
-        values: dict[str, float] = {}
-        skips = {}
-        for metric in self.metrics.values():
-            values.update(metric.compute())
-            if metric.skips.count:
-                skips[metric.name] = dict(metric.skips.reasons)
-        return RowResult(values, num_videos, num_frames, seconds, skips)
+        return RowResult(self.values(), num_videos, num_frames, seconds, self.skips())
 
 
 def translate(pipe, video: BenchmarkVideo, sampling: SamplingOptions, overrides: Mapping | None = None) -> np.ndarray:
@@ -226,7 +207,7 @@ def run_benchmark(
     metric_options = dict(metric_options or {})
     num_frames = sum(len(v.source) for v in videos)
     rows: dict[str, RowResult] = {}
-    scorer = Scorer(metric_names, weights, device, metric_options)
+    scorer = RowScorer(metric_names, weights, device, metric_options)
     reference_model = next(iter(models.values()), None)
 
     def save(label: str, video: BenchmarkVideo, frames: np.ndarray) -> None:
@@ -287,7 +268,7 @@ def guidance_grid(
     thumbs: list[list[np.ndarray]] = []
     cells = [(i, j) for i in range(len(text_scales)) for j in range(len(video_scales))]
     bar = tqdm(total=len(cells), desc="guidance grid", unit="cell", disable=not progress)
-    scorer = Scorer([metric_name], weights, device, metric_options or {})
+    scorer = RowScorer([metric_name], weights, device, metric_options or {})
     for i, s_t in enumerate(text_scales):
         thumbs.append([])
         for j, s_v in enumerate(video_scales):

@@ -171,7 +171,7 @@ def test_rvos_overlay_outputs_are_scored_as_masks(carphone_frames):
     """rvos: the model's overlay output is decoded into masks and scored with J&F against the ground truth."""
     import numpy as np
 
-    from vidiff.evaluation.benchmark import BenchmarkVideo, Scorer
+    from vidiff.evaluation.benchmark import BenchmarkVideo, RowScorer
     from vidiff.evaluation.metrics import MetricWeights
     from vidiff.overlay import render_overlay
 
@@ -180,7 +180,7 @@ def test_rvos_overlay_outputs_are_scored_as_masks(carphone_frames):
     mask[:, 20:60, 30:90] = True
     video = BenchmarkVideo("k", frames, render_overlay(frames, mask, "red"), "Mark the car in red.", mask=mask,
                            color="red")  # fmt: skip
-    perfect, identity = (Scorer(["jf"], MetricWeights(), "cpu", {}) for _ in range(2))
+    perfect, identity = (RowScorer(["jf"], MetricWeights(), "cpu", {}) for _ in range(2))
     perfect.update(video, video.target, "rvos")  # the exact overlay decodes back to the mask
     identity.update(video, video.source, "rvos")  # no overlay at all: an empty mask
     assert perfect.result(1, 4, None).metrics["jf"] > 0.95

@@ -39,10 +39,14 @@ def test_write_read_round_trip(tmp_path):
         assert c.streams.video[0].codec_context.pix_fmt == "yuv420p"
 
 
-def test_odd_size_is_padded_to_even(tmp_path):
+def test_odd_size_is_written_exactly(tmp_path):
     frames = gradient_video(3, 145, 177)
-    decoded, _ = read_video(write_video(tmp_path / "odd.mp4", frames, 25))
-    assert decoded.shape == (3, 146, 178, 3)
+    path = write_video(tmp_path / "odd.mp4", frames, 25)
+    decoded, _ = read_video(path)
+    assert decoded.shape == (3, 145, 177, 3)
+    assert np.abs(decoded.astype(int) - frames.astype(int)).mean() < 2.0
+    with av.open(str(path)) as c:
+        assert c.streams.video[0].codec_context.pix_fmt == "yuv444p"
 
 
 def test_writer_abort_leaves_nothing(tmp_path):

@@ -11,11 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
+from vidiff.errors import VIDiffError
 from vidiff.evaluation.metrics import MetricWeights, build_metric, build_metrics
 from vidiff.evaluation.metrics.niqe import niqe_gray
 from vidiff.evaluation.metrics.pixel import cdc, colorfulness, psnr_frames, rgb2gray, ssim_frames
 from vidiff.evaluation.metrics.segmentation import JF, contour_f, jaccard
-from vidiff.errors import VIDiffError
 
 
 # TID2013 pairs shipped in the pyiqa wheel (installed with --no-deps by `make install` for these vectors)
@@ -91,6 +91,27 @@ def test_tid2013_psnr_ssim_niqe():
             assert value == pytest.approx(TID_NIQE_MATLAB[i], abs=0.02)
     # the distorted image of I03 is far worse than its reference
     assert niqe_gray(rgb2gray(_tid("dist_dir", "I03"))) > niqe_gray(rgb2gray(_tid("ref_dir", "I03"))) + 5
+
+
+def test_ms_ssim_from_piq_agrees_with_an_independent_implementation():
+    """No published MS-SSIM values for these pairs can be read offline, so piq's MS-SSIM (what the ``ms_ssim``
+    metric uses) is checked against torchmetrics' own implementation of Wang et al. 2003 on the TID2013 pairs."""
+    from torchmetrics.functional.image import multiscale_structural_similarity_index_measure as torchmetrics_ms_ssim
+
+    metric = build_metric("ms_ssim")
+    values = {}
+    for name in TID_NAMES:
+        dist, ref = _tid("dist_dir", name), _tid("ref_dir", name)
+        ours = metric.update(dist[None], ref[None])
+        to_tensor = lambda x: torch.from_numpy(np.array(x)).permute(2, 0, 1)[None].float() / 255  # noqa: E731
+        other = float(torchmetrics_ms_ssim(to_tensor(dist), to_tensor(ref), data_range=1.0, normalize=None))
+        assert ours == pytest.approx(other, abs=5e-3), name
+        values[name] = ours
+    assert metric.update(_tid("ref_dir", "I03")[None], _tid("ref_dir", "I03")[None]) == pytest.approx(1.0, abs=1e-6)
+    # I06 (mild) > I04 > I19 > I03 (strong distortion), as both implementations rank them
+    assert values["I06"] > values["I04"] > values["I19"] > values["I03"]
+    # frames too small for five scales are counted as skipped, not scored at fewer scales
+    assert np.isnan(metric.update(solid(0, h=96, w=200), solid(9, h=96, w=200))) and metric.skips.count == 1
 
 
 def test_niqe_rejects_small_frames():

@@ -5,7 +5,9 @@ import sys
 
 def test_top_level_packages_importable_from_anywhere(tmp_path):
     # from a foreign working directory, so the import proves the installed project, not the checkout on sys.path
-    code = "import vidiff, vidiff.data_prep, vidiff.evaluation, vidiff.models, vidiff.pipelines, vidiff.io; print('ok')"
+    code = (
+        "import vidiff, vidiff.data_prep, vidiff.evaluation, vidiff.models, vidiff.pipelines, vidiff.io; print('ok')"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "ok"
     importlib.import_module("vidiff.cli.edit")

@@ -262,9 +262,9 @@ def test_vae_stage_learns_to_reconstruct_and_sets_the_latent_scale(tiny_shards, 
     model's VAE scaling factor whitens its latents."""
     import numpy as np
 
+    from vidiff.config import load_model_preset
     from vidiff.evaluation.benchmark import iter_videos, vae_reconstruction
     from vidiff.evaluation.metrics.pixel import psnr_frames
-    from vidiff.config import load_model_preset
     from vidiff.models import VIDiffModel
 
     held_out = next(iter_videos(str(tiny_shards / "deblur"), "val", "deblur")).target

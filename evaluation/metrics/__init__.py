@@ -7,14 +7,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from vidiff.errors import VIDiffError
 from vidiff.evaluation.metrics.base import MetricInfo, VideoMetric
 from vidiff.evaluation.metrics.learned import MetricWeights
-from vidiff.errors import VIDiffError
 
 
 METRIC_NAMES = (
     "psnr",
     "ssim",
+    "ms_ssim",
     "lpips",
     "cdc",
     "colorfulness",
@@ -26,7 +27,7 @@ METRIC_NAMES = (
     "jf",
 )
 # metrics that run with no network weights, always available
-WEIGHT_FREE = ("psnr", "ssim", "cdc", "colorfulness", "niqe", "jf")
+WEIGHT_FREE = ("psnr", "ssim", "ms_ssim", "cdc", "colorfulness", "niqe", "jf")
 
 
 def parse_metric_names(names: str | Iterable[str]) -> list[str]:
@@ -45,6 +46,7 @@ def parse_metric_names(names: str | Iterable[str]) -> list[str]:
 _CLASSES = {
     "psnr": ("vidiff.evaluation.metrics.pixel", "PSNR"),
     "ssim": ("vidiff.evaluation.metrics.pixel", "SSIM"),
+    "ms_ssim": ("vidiff.evaluation.metrics.pixel", "MSSSIM"),
     "cdc": ("vidiff.evaluation.metrics.pixel", "CDC"),
     "colorfulness": ("vidiff.evaluation.metrics.pixel", "Colorfulness"),
     "niqe": ("vidiff.evaluation.metrics.niqe", "NIQE"),

@@ -4,6 +4,11 @@ A metric is fed one video at a time (uint8 frames ``[f, h, w, 3]``) and summaris
 average per-video values, so every video has equal weight whatever its length; dataset-level metrics (FID) pool
 frames instead. A video for which a metric is undefined (e.g. CDC of a single frame) is not dropped silently: it
 is counted in ``skipped`` with the reason, and reported.
+
+Why not torchmetrics' ``Metric`` as the base: its states are tensors reduced across ranks, while these metrics
+score whole decoded videos on one process (NIQE, CDC and J&F in NumPy) and keep per-video values and skip reasons,
+which its state model does not carry. Training's cross-rank validation mean uses torchmetrics' ``MeanMetric`` over
+the per-video PSNR of :func:`vidiff.evaluation.metrics.pixel.video_psnr`.
 """
 
 from __future__ import annotations

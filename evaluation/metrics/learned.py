@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vidiff.evaluation.metrics.base import MetricInfo, VideoMetric
 from vidiff.errors import VIDiffError
+from vidiff.evaluation.metrics.base import MetricInfo, VideoMetric
 
 
 @dataclass
@@ -138,7 +138,9 @@ class LPIPS(VideoMetric):
     def __init__(self, weights: MetricWeights, device: str = "cpu", chunk: int = 16):
         super().__init__()
         # torchmetrics' own LPIPS network, built with a random backbone so that nothing is downloaded, then given
-        # the user's torchvision backbone weights; its v0.1 linear heads ship inside torchmetrics
+        # the user's torchvision backbone weights; its v0.1 linear heads ship inside torchmetrics. The public
+        # LearnedPerceptualImagePatchSimilarity does not fit: it always builds its backbone with torchvision's
+        # pretrained weights, i.e. downloads them at run time.
         from torchmetrics.functional.image.lpips import _LPIPS
 
         path = require(weights, "lpips_backbone")

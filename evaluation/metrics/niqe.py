@@ -17,9 +17,9 @@ import numpy as np
 from scipy.ndimage import convolve
 from scipy.special import gamma
 
+from vidiff.errors import VIDiffError
 from vidiff.evaluation.metrics.base import MetricInfo, VideoMetric
 from vidiff.evaluation.metrics.pixel import rgb2gray
-from vidiff.errors import VIDiffError
 
 
 PARAMS_FILE = Path(__file__).with_name("data") / "niqe_pris_params.npz"

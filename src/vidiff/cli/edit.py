@@ -7,8 +7,9 @@ import os
 import sys
 from pathlib import Path
 
-from vidiff.cli.common import pick_device, pick_dtype, run_cli
+from vidiff.cli.common import run_cli
 from vidiff.errors import VIDiffError
+from vidiff.utils.device import pick_device, pick_dtype
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,14 +126,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.checkpoint is not None:
         from vidiff.models import VIDiffModel
 
-        model = VIDiffModel.from_pretrained(args.checkpoint)
+        # loaded in the working dtype (diffusers keeps its float32-only modules in float32 this way)
+        model = VIDiffModel.from_pretrained(args.checkpoint, torch_dtype=dtype)
     else:
         from vidiff.config import load_model_preset
 
         model = load_model_preset(args.model)
+        if dtype != model.dtype:
+            model = model.to(dtype=dtype)
     model = model.to(device)
-    if dtype != model.dtype:
-        model = model.to(dtype=dtype)
     pipe = VIDiffPipeline(model, scheduler=args.scheduler)
     pipe.set_progress_bar_config(disable=True)
 

@@ -8,8 +8,9 @@ import math
 import sys
 from pathlib import Path
 
-from vidiff.cli.common import pick_device, run_cli
+from vidiff.cli.common import run_cli
 from vidiff.errors import VIDiffError
+from vidiff.utils.device import pick_device
 
 
 DEFAULT_METRICS = "psnr,ssim,cdc,colorfulness"
@@ -24,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
             "niqe, clip, pickscore, consistency) need no TARGET."
         ),
         epilog=(
-            "metrics: psnr, ssim, lpips, cdc, colorfulness, niqe, fid, clip, pickscore, consistency, jf. "
+            "metrics: psnr, ssim, ms_ssim, lpips, cdc, colorfulness, niqe, fid, clip, pickscore, consistency, jf. "
             "lpips, fid, clip, pickscore and consistency need local weights (flags below or VIDIFF_* variables); "
             "nothing is downloaded. Example: vidiff-score out.mp4 gt.mp4 --metrics psnr,ssim,niqe --json"
         ),
@@ -53,14 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from vidiff.evaluation.inputs import pair_videos, read_any
-    from vidiff.evaluation.metrics import MetricWeights, build_metrics, parse_metric_names
+    from vidiff.evaluation.metrics import MetricWeights, parse_metric_names
+    from vidiff.evaluation.scoring import Scorer
     from vidiff.evaluation.tables import format_number
 
-    names = parse_metric_names(args.metrics)
     if args.frames is not None and args.frames < 1:
         raise VIDiffError(f"--frames must be at least 1, got {args.frames}")
     pairs = pair_videos(args.pred, args.target)
-    device = pick_device(args.device)
     weights = MetricWeights.from_env(
         fid_inception=args.fid_weights,
         lpips_backbone=args.lpips_weights,
@@ -69,12 +69,10 @@ def main(argv: list[str] | None = None) -> int:
         pickscore_model=args.pickscore_model,
         pickscore_processor=args.pickscore_processor,
     )
-    metrics = build_metrics(
-        names, weights, device, niqe_stride=args.niqe_stride, colorfulness_abs=args.colorfulness_abs
-    )
-    needs_target = [m.name for m in metrics.values() if m.info.needs_target]
-    if needs_target and args.target is None:
-        raise VIDiffError(f"{', '.join(needs_target)} compare with ground truth: give TARGET after PRED")
+    options = {"niqe_stride": args.niqe_stride, "colorfulness_abs": args.colorfulness_abs}
+    scorer = Scorer(parse_metric_names(args.metrics), weights, pick_device(args.device), options)
+    if scorer.needs_target and args.target is None:
+        raise VIDiffError(f"{', '.join(scorer.needs_target)} compare with ground truth: give TARGET after PRED")
 
     per_video = []
     for name, pred_path, target_path in pairs:
@@ -82,25 +80,17 @@ def main(argv: list[str] | None = None) -> int:
         target = read_any(target_path, args.frames) if target_path is not None else None
         if target is not None and len(pred) != len(target):
             raise VIDiffError(f"{pred_path}: {len(pred)} frames, but {target_path} has {len(target)}")
-        row = {"video": name}
-        for metric in metrics.values():
-            row[metric.name] = metric.update(pred, target if metric.info.needs_target else None, args.instruction)
-        per_video.append(row)
+        per_video.append({"video": name, **scorer.score(pred, target, args.instruction)})
 
-    results: dict[str, float] = {}
-    for metric in metrics.values():
-        results.update(metric.compute())
-        if metric.skips.count:
-            reasons = "; ".join(f"{n}x {r}" for r, n in metric.skips.reasons.items())
-            print(
-                f"vidiff-score: note: {metric.name}: {metric.skips.count} video(s) not scored ({reasons})",
-                file=sys.stderr,
-            )
+    results = scorer.values()
+    for metric, reasons in scorer.skips().items():
+        detail = "; ".join(f"{n}x {r}" for r, n in reasons.items())
+        print(f"vidiff-score: note: {metric}: {sum(reasons.values())} video(s) not scored ({detail})", file=sys.stderr)
 
     if args.json:
         print(json.dumps({k: (None if math.isnan(v) else v) for k, v in results.items()}, indent=2))
         return 0
-    labels = {m.name: m.info for m in metrics.values()}
+    labels = {m.name: m.info for m in scorer.metrics.values()}
     print(f"{len(pairs)} video(s) scored")
     width = max(len(k) for k in results) + 2
     for key, value in results.items():
@@ -108,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         arrow = "" if info is None else (" (higher is better)" if info.higher_is_better else " (lower is better)")
         print(f"  {key:<{width}}{format_number(value):>10}{arrow}")
     if args.per_video:
-        columns = [m.name for m in metrics.values() if m.name != "fid"]
+        columns = [m.name for m in scorer.metrics.values() if m.name != "fid"]
         print("\nvideo\t" + "\t".join(columns))
         for row in per_video:
             print(row["video"] + "\t" + "\t".join(format_number(row[c]) for c in columns))

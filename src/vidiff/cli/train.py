@@ -11,6 +11,7 @@ directory ``vidiff-edit --checkpoint`` loads, with EMA weights when EMA is on), 
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,11 +23,27 @@ from vidiff.config import conf_dir
 from vidiff.errors import VIDiffError
 
 
+class _DropLightningTips(logging.Filter):
+    """Lightning advertises its cloud products ("💡 Tip: ... litlogger / litmodels") at every fit: third-party
+    noise on a training log, dropped; every other Lightning message passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "💡 Tip" not in record.getMessage()
+
+
 def instantiate_group(cfg: DictConfig | None) -> list[Any]:
     """Instantiate every ``_target_`` entry of a callbacks/logger group (``null`` entries are skipped)."""
     if not cfg:
         return []
     return [hydra.utils.instantiate(node) for node in cfg.values() if node is not None and "_target_" in node]
+
+
+def finish_wandb(loggers: list[Any], trainer) -> None:
+    """Close W&B runs when fitting ends: Lightning leaves that to an exit hook, which may not get to write the run's
+    last records (an offline run folder then holds no history to sync)."""
+    for logger in loggers:
+        if type(logger).__name__ == "WandbLogger" and trainer.is_global_zero and logger._experiment is not None:
+            logger.experiment.finish()
 
 
 def resolve_ckpt_path(cfg: DictConfig) -> str | None:
@@ -53,6 +70,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
 
     from vidiff.config import instantiate_model
 
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_DropLightningTips())
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
     datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
@@ -63,7 +82,10 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg))
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg))
+    finally:
+        finish_wandb(loggers, trainer)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if cfg.get("export_model") and trainer.is_global_zero and not trainer.fast_dev_run:
         out = Path(cfg.paths.output_dir) / "model"

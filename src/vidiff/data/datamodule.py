@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
+import logging
 import random
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from functools import partial
 from typing import Any
 
@@ -11,13 +13,24 @@ import lightning as L
 import webdataset as wds
 from lightning.fabric.utilities.seed import pl_worker_init_function
 
-from vidiff.data.mixing import TaskSchedule, TaskScheduledMix
+from vidiff.data.mixing import TaskSchedule, TaskScheduledMix, TaskStream
 from vidiff.data.shards import ClipOptions, collate, decode_sample, resolve_urls, warn_and_count
 from vidiff.errors import VIDiffError
 
 
 CLIP_FIELDS = set(ClipOptions.__dataclass_fields__)
 TASK_FIELDS = {"urls", "weight", "batch_size", "split"} | CLIP_FIELDS
+log = logging.getLogger(__name__)
+
+
+def all_shards(urls: list[str]) -> list[str]:
+    """Node splitter for validation: every rank reads every shard (samples are split by :func:`every_nth`)."""
+    return list(urls)
+
+
+def every_nth(samples: Iterable[dict], rank: int, world_size: int) -> Iterator[dict]:
+    """Sample ``i`` goes to rank ``i % world_size``: one validation shard still feeds every rank it can."""
+    return itertools.islice(samples, rank, None, world_size)
 
 
 class _Decode:
@@ -36,10 +49,14 @@ class MultiTaskDataModule(L.LightningDataModule):
     Args:
         tasks: ``{task: {urls, weight, batch_size, split, <ClipOptions fields>}}``; ``urls`` is a brace pattern,
             glob, ``pipe:`` URL, list, or a folder (its ``*-<split>-NNNNNN.tar`` shards).
-        val: ``{task: {urls, batch_size, split, ...}}`` held-out shards, read once, split by node and worker.
-        seed: seeds the task schedule (and, with the rank, the workers).
-        num_workers: DataLoader workers per rank.
+        val: ``{task: {urls, batch_size, split, ...}}`` held-out shards, read once; sample ``i`` goes to rank
+            ``i % world_size``, so a rank may get fewer batches (or none) and validation still completes.
+        seed: seeds the task schedule, and with (task, rank, worker, epoch) each stream's shard draws and shuffle.
+        num_workers: DataLoader workers per rank (a resumed run replays the sample stream exactly when it uses
+            the same number of workers and ranks).
         shuffle_buffer: samples kept in each task's shuffle buffer.
+        stream_epoch_batches: batches per stream epoch (new shard draws and shuffle seed); resuming skips at most
+            this many raw batches per task and worker.
         accumulate_grad_batches: keeps one task per optimizer step under gradient accumulation.
         select_tasks: train (and validate) only these tasks, e.g. the single-task ablations.
         defaults: ``ClipOptions`` fields applied to every task unless the task sets its own.
@@ -52,6 +69,7 @@ class MultiTaskDataModule(L.LightningDataModule):
         seed: int = 0,
         num_workers: int = 2,
         shuffle_buffer: int = 100,
+        stream_epoch_batches: int = 1000,
         accumulate_grad_batches: int = 1,
         pin_memory: bool = False,
         select_tasks: list[str] | None = None,
@@ -74,6 +92,7 @@ class MultiTaskDataModule(L.LightningDataModule):
             name: self._task_config(name, cfg, defaults, train=False) for name, cfg in (val or {}).items()
         }
         self.seed, self.num_workers, self.shuffle_buffer = seed, num_workers, shuffle_buffer
+        self.stream_epoch_batches = stream_epoch_batches
         self.accumulate_grad_batches = accumulate_grad_batches
         self.pin_memory = pin_memory
         self.schedule = TaskSchedule({n: c["weight"] for n, c in self.tasks.items()}, seed, accumulate_grad_batches)
@@ -104,25 +123,32 @@ class MultiTaskDataModule(L.LightningDataModule):
         }
 
     # ------------------------------------------------------------------------------------------ pipelines
-    def task_pipeline(self, name: str) -> wds.WebDataset:
+    def task_pipeline(self, name: str) -> TaskStream:
+        """Every (rank, worker) draws shards independently and forever (no rank runs dry), seeded so that a
+        resumed run reads the same samples; raw samples are batched here and decoded by ``TaskScheduledMix``,
+        which knows the step."""
         cfg = self.tasks[name]
-        urls = resolve_urls(cfg["urls"], cfg["split"])
-        handler = warn_and_count(self.decode_errors)
-        return (
-            # resampled: every (rank, worker) draws shards independently and forever, so no rank runs dry;
-            # nodesplitter=None is required by webdataset 1.x for resampled sources under DDP
-            wds.WebDataset(urls, resampled=True, shardshuffle=False, nodesplitter=None, handler=handler)
-            .shuffle(self.shuffle_buffer)
-            # raw samples are batched here and decoded by TaskScheduledMix, which knows the step (exact resume)
-            .batched(cfg["batch_size"], collation_fn=list, partial=False)
+        return TaskStream(
+            name,
+            resolve_urls(cfg["urls"], cfg["split"]),
+            cfg["batch_size"],
+            self.shuffle_buffer,
+            self.seed,
+            self.stream_epoch_batches,
+            warn_and_count(self.decode_errors),
         )
+
+    def _world_size(self) -> int:
+        trainer = getattr(self, "trainer", None)
+        return trainer.world_size if trainer is not None else 1
 
     def val_pipeline(self, name: str) -> wds.WebDataset:
         cfg = self.val_tasks[name]
         urls = resolve_urls(cfg["urls"], cfg["split"])
         handler = warn_and_count(self.decode_errors)
         return (
-            wds.WebDataset(urls, shardshuffle=False, nodesplitter=wds.split_by_node, handler=handler)
+            wds.WebDataset(urls, shardshuffle=False, nodesplitter=all_shards, handler=handler, empty_check=False)
+            .compose(partial(every_nth, rank=self._rank(), world_size=self._world_size()))
             .map(_Decode(name, cfg["options"]), handler=handler)
             .batched(cfg["batch_size"], collation_fn=collate, partial=True)
         )
@@ -167,10 +193,18 @@ class MultiTaskDataModule(L.LightningDataModule):
         return list(self.val_tasks)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"seed": self.seed}
+        return {"seed": self.seed, "num_workers": self.num_workers, "world_size": self._world_size()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("seed") not in (None, self.seed):
             raise VIDiffError(
                 f"data.seed={self.seed} differs from the checkpoint's {state['seed']}: the task schedule would change"
+            )
+        layout = {"num_workers": self.num_workers, "world_size": self._world_size()}
+        changed = {k: (state[k], v) for k, v in layout.items() if k in state and state[k] != v}
+        if changed:
+            log.warning(
+                "resuming with %s different from the checkpoint's (was, now): the run continues with the same task "
+                "schedule but other samples than the uninterrupted run would have drawn",
+                ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()),
             )

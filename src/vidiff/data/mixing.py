@@ -1,7 +1,7 @@
-"""One task per training step, the same on every rank.
+"""One task per training step, the same on every rank, from a sample stream that a resumed run replays exactly.
 
-Every (rank, worker) reads each task from its own infinite, resampled WebDataset pipeline, batched inside
-the worker. The task of global micro-step ``s`` is a pure function of ``(seed, s)``: every rank trains the
+Every (rank, worker) reads each task from its own infinite :class:`TaskStream`: shards drawn with replacement and a
+shuffle buffer, both seeded from ``(seed, task, rank, worker, epoch)``, batched inside the worker. The task of global micro-step ``s`` is a pure function of ``(seed, s)``: every rank trains the
 same task at the same step (equal work per step, and per-task ``sync_dist`` logging never deadlocks), and a
 resumed run continues the exact schedule. PyTorch hands out an iterable dataset's batches round-robin over
 workers, so worker ``w`` of ``W`` serves steps ``w, w + W, ...``. ``webdataset.RandomMix`` does not do this: it
@@ -13,10 +13,11 @@ from __future__ import annotations
 import itertools
 import logging
 import random
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
+import webdataset as wds
 
 
 class TaskSchedule:
@@ -41,10 +42,68 @@ class TaskSchedule:
 log = logging.getLogger(__name__)
 
 
+class TaskStream:
+    """The raw batches of one task for one (rank, worker), as a pure function of the seed.
+
+    An *epoch* here is ``epoch_batches`` batches: each epoch draws its shards (with replacement, like open_clip's
+    ``ResampledShards2(deterministic=True)``) and shuffles samples in a buffer from an RNG seeded with
+    ``(seed, task, rank, worker, epoch)``. ``iterate(start)`` resumes at batch ``start``: it opens epoch
+    ``start // epoch_batches`` and skips the batches before ``start`` in it (read, never decoded), so the cost of
+    resuming is bounded by one epoch whatever the run's length.
+    """
+
+    def __init__(
+        self,
+        task: str,
+        urls: Sequence[str],
+        batch_size: int,
+        shuffle_buffer: int,
+        seed: int,
+        epoch_batches: int = 1000,
+        handler: Callable[[Exception], bool] | None = None,
+    ):
+        self.task, self.urls = task, list(urls)
+        self.batch_size, self.shuffle_buffer = int(batch_size), max(1, int(shuffle_buffer))
+        self.seed, self.epoch_batches = int(seed), max(1, int(epoch_batches))
+        self.handler = handler or wds.reraise_exception
+
+    def _rng(self, rank: int, worker: int, epoch: int, what: str) -> random.Random:
+        # str seeds go through SHA-512: the same stream in every process, unlike hash() of a str
+        return random.Random(f"vidiff/{what}/{self.seed}/{self.task}/{rank}/{worker}/{epoch}")
+
+    def _epoch(self, rank: int, worker: int, epoch: int) -> Iterator[list[dict]]:
+        shard_rng = self._rng(rank, worker, epoch, "shards")
+        shards = ({"url": shard_rng.choice(self.urls)} for _ in itertools.count())
+        samples = wds.tarfile_to_samples(handler=self.handler)(shards)
+        shuffled = wds.filters._shuffle(
+            samples,
+            bufsize=self.shuffle_buffer,
+            initial=self.shuffle_buffer,
+            rng=self._rng(rank, worker, epoch, "shuffle"),
+        )
+        batches = wds.filters._batched(shuffled, self.batch_size, collation_fn=list, partial=False)
+        return itertools.islice(batches, self.epoch_batches)
+
+    def iterate(self, rank: int = 0, worker: int = 0, start: int = 0) -> Iterator[list[dict]]:
+        epoch, skip = divmod(int(start), self.epoch_batches)
+        for e in itertools.count(epoch):
+            batches = self._epoch(rank, worker, e)
+            if skip:
+                batches = itertools.islice(batches, skip, None)
+                skip = 0
+            yield from batches
+
+
+def batches_before(schedule: TaskSchedule, task: str, start_step: int, worker: int, num_workers: int) -> int:
+    """How many batches of ``task`` worker ``worker`` served before global micro-step ``start_step``."""
+    return sum(1 for s in range(worker, start_step, num_workers) if schedule.task_of(s) == task)
+
+
 class TaskScheduledMix(torch.utils.data.IterableDataset):
     """Yield whole single-task batches following a :class:`TaskSchedule`, starting at ``start_step``.
 
-    ``pipelines`` yield lists of raw samples; ``decoders[task](raw, rng)`` turns one into tensors and
+    ``pipelines`` are :class:`TaskStream` objects (or any iterables; those cannot resume mid-stream) yielding
+    lists of raw samples; on resume each worker starts every task's stream where that worker left it; ``decoders[task](raw, rng)`` turns one into tensors and
     ``collate`` stacks them. Each sample's augmentation RNG is seeded from ``(seed, rank, step, index)``, so
     the random windows, crops and dropouts of a step are the same in a resumed run as in an uninterrupted one.
     """
@@ -94,7 +153,12 @@ class TaskScheduledMix(torch.utils.data.IterableDataset):
         for step in itertools.count(self.start_step + worker, num_workers):
             name = self.schedule.task_of(step)
             if name not in streams:
-                streams[name] = iter(self.pipelines[name])
+                source = self.pipelines[name]
+                if isinstance(source, TaskStream):
+                    consumed = batches_before(self.schedule, name, self.start_step, worker, num_workers)
+                    streams[name] = source.iterate(self.rank, worker, consumed)
+                else:
+                    streams[name] = iter(source)
             batch = next(streams[name])
             if self.decoders:
                 batch = self._decode(name, batch, step, streams[name])

@@ -13,6 +13,8 @@ import random
 
 TASKS = ("t2v", "recolor", "inpaint", "dehaze", "deblur", "rvos", "edit")
 RESTORATION_TASKS = ("recolor", "inpaint", "dehaze", "deblur")
+# the tasks whose sources can be synthesised from any clean clip (vidiff-prep video-folder, the demo)
+SYNTHETIC_TASKS = (*RESTORATION_TASKS, "edit")
 
 TEMPLATES: dict[str, tuple[str, ...]] = {
     "recolor": (

@@ -2,8 +2,8 @@
 
 Reading yields RGB uint8 chunks ``[f, h, w, 3]`` so memory never depends on the length of the video; any
 container, codec and pixel format that ffmpeg decodes is accepted (gray, 10-bit and alpha inputs are
-converted to 8-bit RGB), and display-rotation metadata is applied. Writing encodes H.264 (yuv420p) mp4
-incrementally into a temporary file that is renamed into place only when the video is complete, so a crash
+converted to 8-bit RGB), and display-rotation metadata is applied. Writing encodes H.264 mp4 (yuv420p; yuv444p
+at odd sizes, which are kept exactly) incrementally into a temporary file that is renamed into place only when the video is complete, so a crash
 never leaves a half-written output behind.
 """
 
@@ -228,7 +228,9 @@ class VideoWriter:
 
     Frames go into a temporary file beside ``path`` which is renamed to ``path`` by :meth:`close`; on an
     exception inside ``with`` (or :meth:`abort`) the temporary file is removed and ``path`` is untouched.
-    Odd sizes are padded by one replicated row/column because yuv420p needs even sizes.
+    Frames keep their exact size: even sizes are encoded as yuv420p (what every player decodes), and odd sizes,
+    which 4:2:0 chroma cannot represent, as yuv444p (H.264 High 4:4:4; FFmpeg-based players and browsers based on
+    it decode it, some hardware decoders do not).
 
     Args:
         path: output file (``.mp4``).
@@ -270,8 +272,8 @@ class VideoWriter:
     def _open_stream(self, height: int, width: int) -> None:
         self.size = (height, width)
         stream = self._container.add_stream("libx264", rate=self.fps)
-        stream.width, stream.height = width + width % 2, height + height % 2
-        stream.pix_fmt = "yuv420p"
+        stream.width, stream.height = width, height
+        stream.pix_fmt = "yuv444p" if width % 2 or height % 2 else "yuv420p"
         options = {"crf": str(self.crf), "preset": self.preset, **self.codec_options}
         if options.pop("deterministic", None):
             # measured: x264's output varied from run to run with several threads, and with macroblock-tree
@@ -298,9 +300,6 @@ class VideoWriter:
             self._open_stream(frames.shape[1], frames.shape[2])
         if frames.shape[1:3] != self.size:
             raise ValueError(f"frame size {frames.shape[1:3]} differs from the first frame's {self.size}")
-        pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2
-        if pad_h or pad_w:
-            frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
         for array in frames:
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(array), format="rgb24")
             for packet in self._stream.encode(frame):

@@ -8,10 +8,12 @@ and an optional ``pretrained`` path. Nothing is ever downloaded: a path that doe
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import safetensors.torch
 import torch
@@ -24,6 +26,7 @@ from diffusers.loaders.single_file_utils import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, CLIPVisionConfig, CLIPVisionModelWithProjection
 
+from vidiff.config import to_plain as _plain
 from vidiff.errors import ModelLoadError
 from vidiff.models.projector import ImageInstructionProjector
 from vidiff.models.tokenizer import build_clip_tokenizer
@@ -32,20 +35,7 @@ from vidiff.models.vidiff_model import VIDiffModel
 
 
 T = TypeVar("T")
-
-
-def _plain(value: Any) -> Any:
-    """OmegaConf containers -> plain dicts/lists (diffusers configs must be JSON-serialisable)."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-
-        if isinstance(value, DictConfig | ListConfig):
-            return OmegaConf.to_container(value, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
+log = logging.getLogger(__name__)
 
 
 def _existing(path: str | os.PathLike, what: str) -> Path:
@@ -75,7 +65,70 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return dict(state)
 
 
+# ---------------------------------------------------------------------------------------------- single files
+UNET_PREFIX, VAE_PREFIX, TEXT_PREFIX = "model.diffusion_model.", "first_stage_model.", "cond_stage_model.transformer."
+
+
+def _scaled(channels: list[int], base: int) -> list[int]:
+    """``channels`` with the same multipliers over a first width of ``base`` (SD-1's 1, 2, 4, 4)."""
+    return [c * base // channels[0] for c in channels]
+
+
+def single_file_configs(
+    state: Mapping[str, torch.Tensor], unet: dict, vae: dict, text: dict
+) -> tuple[dict, dict, dict]:
+    """The U-Net, VAE and text-encoder configs of an SD-1 single file, widths read from its tensors.
+
+    The released layout fixes the key names and the depth; the widths (and the text encoder's depth) are taken
+    from the file, so a reduced-width file with the real names loads as well as the 4 GB release.
+    """
+    unet, vae, text = dict(unet), dict(vae), dict(text)
+    conv_in = state.get(UNET_PREFIX + "input_blocks.0.0.weight")
+    if conv_in is not None:
+        unet["block_out_channels"] = _scaled(list(unet["block_out_channels"]), int(conv_in.shape[0]))
+        unet["in_channels"] = int(conv_in.shape[1])
+        to_k = [v for k, v in state.items() if k.startswith(UNET_PREFIX) and k.endswith("attn2.to_k.weight")]
+        if to_k:
+            unet["cross_attention_dim"] = int(to_k[0].shape[1])
+    vae_in = state.get(VAE_PREFIX + "encoder.conv_in.weight")
+    if vae_in is not None:
+        vae["block_out_channels"] = _scaled(list(vae["block_out_channels"]), int(vae_in.shape[0]))
+        post_quant = state.get(VAE_PREFIX + "post_quant_conv.weight")
+        if post_quant is not None:
+            vae["latent_channels"] = int(post_quant.shape[0])
+    tokens = state.get(TEXT_PREFIX + "text_model.embeddings.token_embedding.weight")
+    if tokens is not None:
+        text["vocab_size"], text["hidden_size"] = (int(n) for n in tokens.shape)
+        positions = state[TEXT_PREFIX + "text_model.embeddings.position_embedding.weight"]
+        text["max_position_embeddings"] = int(positions.shape[0])
+        fc1 = state.get(TEXT_PREFIX + "text_model.encoder.layers.0.mlp.fc1.weight")
+        if fc1 is not None:
+            text["intermediate_size"] = int(fc1.shape[0])
+        layers = {
+            m.group(1)
+            for k in state
+            if (m := re.match(re.escape(TEXT_PREFIX) + r"text_model\.encoder\.layers\.(\d+)\.", k))
+        }
+        text["num_hidden_layers"] = len(layers)
+        text["projection_dim"] = text["hidden_size"]
+        if text["hidden_size"] % int(text.get("num_attention_heads", 1)):
+            text["num_attention_heads"] = max(1, text["hidden_size"] // 64)  # CLIP's head width
+    return unet, vae, text
+
+
 def _load_converted(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path, what: str) -> None:
+    own = model.state_dict()
+    if not any(k.startswith("text_model.") for k in own):
+        # transformers 5 names CLIPTextModel's weights without the "text_model." that LDM files (and diffusers'
+        # converter, which strips only the LDM prefix) carry
+        state = {k.removeprefix("text_model."): v for k, v in state.items()}
+    shapes = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    if shapes:
+        k = shapes[0]
+        raise ModelLoadError(
+            f"{path}: {what} weights do not fit ({len(shapes)} tensors of another shape, e.g. {k}: "
+            f"{tuple(state[k].shape)} in the file, {tuple(own[k].shape)} in the model)"
+        )
     missing, unexpected = model.load_state_dict(state, strict=False)
     # position_ids are buffers some checkpoints carry and others do not
     missing = [k for k in missing if not k.endswith("position_ids")]
@@ -99,9 +152,11 @@ def _sd_component(
     what: str,
     stable_diffusion: str | None,
     seed: int,
+    state: dict[str, torch.Tensor] | None = None,
 ) -> T:
     """One Stable Diffusion component: random weights (``stable_diffusion is None``), the ``subfolder`` of a diffusers
-    folder, or a single-file checkpoint whose keys ``convert`` maps into the model ``make()`` builds from the config."""
+    folder, or a single-file checkpoint (``state``, if already read) whose keys ``convert`` maps into the model
+    ``make()`` builds from the config."""
     if stable_diffusion is None:
         return _seeded(seed, make)
     path = _existing(stable_diffusion, "Stable Diffusion weights")
@@ -109,11 +164,13 @@ def _sd_component(
         _existing(path / subfolder, f"{what} folder of the Stable Diffusion directory")
         return model_class.from_pretrained(path, subfolder=subfolder, local_files_only=True)
     model = make()
-    _load_converted(model, convert(load_state_dict_file(path), model), path, what)
+    _load_converted(model, convert(state if state is not None else load_state_dict_file(path), model), path, what)
     return model
 
 
-def build_unet2d(section: Mapping, stable_diffusion: str | None, seed: int) -> UNet2DConditionModel:
+def build_unet2d(
+    section: Mapping, stable_diffusion: str | None, seed: int, state: dict | None = None
+) -> UNet2DConditionModel:
     config = _plain(section.get("config") or {})
     return _sd_component(
         lambda: UNet2DConditionModel(**config),
@@ -123,10 +180,11 @@ def build_unet2d(section: Mapping, stable_diffusion: str | None, seed: int) -> U
         "U-Net",
         stable_diffusion,
         seed,
+        state,
     )
 
 
-def build_vae(section: Mapping, stable_diffusion: str | None, seed: int) -> AutoencoderKL:
+def build_vae(section: Mapping, stable_diffusion: str | None, seed: int, state: dict | None = None) -> AutoencoderKL:
     pretrained = section.get("pretrained")
     if pretrained is not None:
         return AutoencoderKL.from_pretrained(_existing(pretrained, "VAE folder"), local_files_only=True)
@@ -139,10 +197,13 @@ def build_vae(section: Mapping, stable_diffusion: str | None, seed: int) -> Auto
         "VAE",
         stable_diffusion,
         seed + 1,
+        state,
     )
 
 
-def build_text_encoder(section: Mapping, stable_diffusion: str | None, seed: int) -> CLIPTextModel:
+def build_text_encoder(
+    section: Mapping, stable_diffusion: str | None, seed: int, state: dict | None = None
+) -> CLIPTextModel:
     config = _plain(section.get("config") or {})
     return _sd_component(
         lambda: CLIPTextModel(CLIPTextConfig(**config)),
@@ -152,6 +213,7 @@ def build_text_encoder(section: Mapping, stable_diffusion: str | None, seed: int
         "text encoder",
         stable_diffusion,
         seed + 2,
+        state,
     )
 
 
@@ -186,8 +248,26 @@ def build_motion_adapter(
     config["use_motion_mid_block"] = any(k.startswith("mid_block.") for k in original)
     adapter = MotionAdapter(**config)
     state = convert_animatediff_checkpoint_to_diffusers(original)
+    state.update(_positional_buffers(original, path))
     _load_converted(adapter, state, path, "motion adapter")
     return adapter, False
+
+
+def _positional_buffers(original: Mapping[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
+    """AnimateDiff files give each of a block's two attentions a ``pos_encoder.pe`` table; diffusers keeps one
+    ``pos_embed.pe`` per transformer block (its converter drops them). Both tables of a block must agree."""
+    tables: dict[str, torch.Tensor] = {}
+    for key, value in original.items():
+        match = re.match(
+            r"(.*)\.temporal_transformer\.(transformer_blocks\.\d+)\.attention_blocks\.\d+\.pos_encoder\.pe$", key
+        )
+        if match is None:
+            continue
+        name = f"{match.group(1)}.{match.group(2)}.pos_embed.pe"
+        if name in tables and not torch.equal(tables[name], value):
+            raise ModelLoadError(f"{path}: the positional tables of {match.group(1)} differ between its attentions")
+        tables[name] = value
+    return tables
 
 
 def build_image_branch(
@@ -242,9 +322,20 @@ def build_vidiff_model(
         in_channels: U-Net input channels after widening (8 = noisy target + source latents).
         seed: seed for every randomly initialised part, so a preset is reproducible.
     """
-    if stable_diffusion is not None:
-        _existing(stable_diffusion, "Stable Diffusion weights")
-    unet2d = build_unet2d(unet, stable_diffusion, seed)
+    state = None
+    if stable_diffusion is not None and _existing(stable_diffusion, "Stable Diffusion weights").is_file():
+        # one read of the single file for all three components; their widths come from its tensors
+        state = load_state_dict_file(stable_diffusion)
+        configs = single_file_configs(
+            state,
+            _plain(unet.get("config") or {}),
+            _plain(vae.get("config") or {}),
+            _plain(text_encoder.get("config") or {}),
+        )
+        unet, vae, text_encoder = (
+            {**_plain(section), "config": config} for section, config in zip((unet, vae, text_encoder), configs)
+        )
+    unet2d = build_unet2d(unet, stable_diffusion, seed, state)
     widen_conv_in(unet2d, in_channels)
     adapter, fresh = build_motion_adapter(motion_adapter, unet2d, seed)
     video_unet = inflate(unet2d, adapter, zero_init=fresh)
@@ -253,8 +344,8 @@ def build_vidiff_model(
     image_enc, image_proj = build_image_branch(image_encoder, image_projector, unet2d.config.cross_attention_dim, seed)
     model = VIDiffModel(
         unet=video_unet,
-        vae=build_vae(vae, stable_diffusion, seed),
-        text_encoder=build_text_encoder(text_encoder, stable_diffusion, seed),
+        vae=build_vae(vae, stable_diffusion, seed, state),
+        text_encoder=build_text_encoder(text_encoder, stable_diffusion, seed, state),
         tokenizer=build_tokenizer(stable_diffusion),
         noise_scheduler=DDPMScheduler(**scheduler_config),
         image_encoder=image_enc,

@@ -9,12 +9,11 @@ those of Stable Diffusion 1.5's tokenizer (49408 entries).
 from __future__ import annotations
 
 import gzip
-import json
-import tempfile
 from functools import lru_cache
 from pathlib import Path
 
 from transformers import CLIPTokenizer
+from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from vidiff.assets import clip_bpe_vocab
 
@@ -24,27 +23,13 @@ CLIP_VOCAB_SIZE = 49408
 _NUM_MERGES = 49152 - 256 - 2
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    # GPT-2/CLIP byte-level alphabet: printable bytes map to themselves, the rest to code points >= 256
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-    printable += list(range(ord("®"), ord("ÿ") + 1))
-    chars = printable[:]
-    extra = 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            chars.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, (chr(c) for c in chars)))
-
-
 def clip_vocab_and_merges(bpe_path: str | Path | None = None) -> tuple[dict[str, int], list[str]]:
     """The CLIP vocabulary (token -> id) and merge rules from the gzipped BPE file."""
     bpe_path = Path(bpe_path) if bpe_path is not None else clip_bpe_vocab()
     with gzip.open(bpe_path, "rt", encoding="utf-8") as f:
         lines = f.read().split("\n")
     merges = lines[1 : _NUM_MERGES + 1]
-    alphabet = list(_bytes_to_unicode().values())
+    alphabet = list(bytes_to_unicode().values())
     tokens = alphabet + [c + "</w>" for c in alphabet]
     tokens += ["".join(merge.split()) for merge in merges]
     tokens += ["<|startoftext|>", "<|endoftext|>"]
@@ -53,16 +38,15 @@ def clip_vocab_and_merges(bpe_path: str | Path | None = None) -> tuple[dict[str,
 
 
 @lru_cache(maxsize=1)
-def _files_dir() -> str:
+def _vocab_and_merges() -> tuple[dict[str, int], tuple[str, ...]]:
     vocab, merges = clip_vocab_and_merges()
-    tmp = Path(tempfile.mkdtemp(prefix="vidiff-clip-tokenizer-"))
-    (tmp / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-    (tmp / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
-    config = {"model_max_length": 77, "pad_token": "<|endoftext|>", "do_lower_case": True}
-    (tmp / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
-    return str(tmp)
+    return vocab, tuple(merges)
 
 
 def build_clip_tokenizer(model_max_length: int = 77) -> CLIPTokenizer:
     """A ``CLIPTokenizer`` equal to Stable Diffusion 1.5's, built offline."""
-    return CLIPTokenizer.from_pretrained(_files_dir(), model_max_length=model_max_length)
+    vocab, merges = _vocab_and_merges()
+    # built in memory (transformers 5 takes the vocabulary and merges directly): no files, nothing left in /tmp
+    return CLIPTokenizer(
+        vocab=dict(vocab), merges=[tuple(m.split()) for m in merges], model_max_length=model_max_length
+    )

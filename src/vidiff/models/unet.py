@@ -58,7 +58,17 @@ def inflate(
     zero_init: bool,
 ) -> UNetMotionModel:
     """Turn a (possibly widened) 2D U-Net into a ``UNetMotionModel`` carrying ``motion_adapter``'s layers."""
-    video_unet = UNetMotionModel.from_unet2d(unet, motion_adapter)
+    # from_unet2d ends with `model.to(unet.dtype)`, which makes diffusers log its "modules that should be kept in
+    # float32: []" notice even though nothing is cast; that notice is third-party noise, so it is muted here only
+    from diffusers.utils import logging as diffusers_logging
+
+    logger = diffusers_logging.get_logger("diffusers.models.modeling_utils")
+    level = logger.level
+    logger.setLevel(diffusers_logging.ERROR)
+    try:
+        video_unet = UNetMotionModel.from_unet2d(unet, motion_adapter)
+    finally:
+        logger.setLevel(level)
     if zero_init:
         zero_init_motion(video_unet)
     return video_unet

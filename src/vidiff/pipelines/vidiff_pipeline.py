@@ -66,7 +66,8 @@ def video_to_tensor(video) -> torch.Tensor:
             [np.asarray(frame.convert("RGB") if isinstance(frame, Image.Image) else frame) for frame in video]
         )
     if isinstance(video, np.ndarray):
-        video = torch.from_numpy(np.ascontiguousarray(video))
+        # a read-only array (e.g. a view of a decoded frame) is copied: torch cannot wrap it safely
+        video = torch.from_numpy(np.ascontiguousarray(video) if video.flags.writeable else np.array(video, copy=True))
     if not isinstance(video, torch.Tensor) or video.ndim != 4:
         raise ValueError("video must be [f, h, w, 3] uint8 frames or a [f, 3, h, w] float tensor")
     if video.dtype == torch.uint8:
@@ -88,12 +89,25 @@ def image_to_tensor(image) -> torch.Tensor:
     if isinstance(image, Image.Image):
         image = np.asarray(image.convert("RGB"))
     if isinstance(image, np.ndarray):
-        image = torch.from_numpy(np.ascontiguousarray(image))
+        image = torch.from_numpy(np.array(image, copy=True))  # PIL's arrays are read-only views
     if image.dtype == torch.uint8:
         image = rearrange(image, "h w c -> c h w").float() / 255.0
     if image.ndim == 3:
         image = image.unsqueeze(0)
     return image.float()
+
+
+def pad_to_multiple(video: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Pad ``[b, c, f, h, w]`` on the bottom/right to multiples of ``multiple``; return it and the original
+    ``(h, w)`` to crop back to. The border is replicated rather than zero-padded: a black band would leak into
+    the edit."""
+    h, w = video.shape[-2:]
+    pad_h, pad_w = (-h) % multiple, (-w) % multiple
+    if pad_h or pad_w:
+        flat = rearrange(video, "b c f h w -> (b f) c h w")
+        flat = torch.nn.functional.pad(flat, (0, pad_w, 0, pad_h), mode="replicate")
+        video = rearrange(flat, "(b f) c h w -> b c f h w", b=video.shape[0])
+    return video, (h, w)
 
 
 def tensor_to_frames(video: torch.Tensor) -> np.ndarray:
@@ -139,17 +153,6 @@ class VIDiffPipeline:
     def set_progress_bar_config(self, **kwargs) -> None:
         """tqdm options for the denoising progress bar, e.g. ``disable=True``."""
         self.progress_bar_config = kwargs
-
-    def _pad(self, video: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        h, w = video.shape[-2:]
-        m = self.size_multiple
-        pad_h, pad_w = (-h) % m, (-w) % m
-        if pad_h or pad_w:
-            # replicate the border rather than zero-pad: a black band would leak into the edit
-            flat = rearrange(video, "b c f h w -> (b f) c h w")
-            flat = torch.nn.functional.pad(flat, (0, pad_w, 0, pad_h), mode="replicate")
-            video = rearrange(flat, "(b f) c h w -> b c f h w", b=video.shape[0])
-        return video, (h, w)
 
     def edit_video(self, video, instruction: str | None = None, image=None, **kwargs):
         """Edit a video of any length, streaming clip by clip (see :func:`vidiff.pipelines.long_video.edit_video`).
@@ -202,7 +205,7 @@ class VIDiffPipeline:
             raise ValueError(f"output_type must be 'np', 'pt' or 'latent', got {output_type!r}")
         model, device = self.model, self.device
         source = video_to_tensor(video).to(device)
-        source, (height, width) = self._pad(source)
+        source, (height, width) = pad_to_multiple(source, self.size_multiple)
 
         # instruction rows: [null, null, full] for the (∅,∅), (V,∅), (V,T) predictions
         image_tensor = image_to_tensor(image).to(device) if image is not None else None

@@ -5,27 +5,39 @@
 - ``v2v``: the whole 8-channel U-Net and the image-instruction projector on multi-task triplets, with the
   InstructPix2Pix conditioning dropout (text alone / both / source alone) so dual guidance has all its terms.
 
-The loss is DDPM epsilon-prediction MSE. VAE and CLIP encoders are frozen; the EMA covers trainable weights only.
+What the network regresses (epsilon, velocity or clean latents, following the noise scheduler's
+``prediction_type``), how timesteps are weighted and how conditions are dropped are components a stage config
+selects (``conf/stage/objective``, ``conf/stage/cond_dropout``; see :mod:`vidiff.training.objective`). VAE and
+CLIP encoders are frozen and stay in eval mode; the EMA covers trainable weights only and is updated after every
+optimizer step.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from diffusers.training_utils import EMAModel
 from einops import rearrange
-from torchmetrics.image import PeakSignalNoiseRatio
+from torchmetrics import MeanMetric
 
 from vidiff.data.shards import to_model_range
 from vidiff.errors import ModelLoadError
+from vidiff.evaluation.metrics.pixel import video_psnr
 from vidiff.models import VIDiffModel
 from vidiff.models.unet import is_temporal_parameter
+from vidiff.pipelines.vidiff_pipeline import tensor_to_frames
+from vidiff.training.objective import (
+    ConditionDropout,
+    DiffusionObjective,
+    objective_of,
+    step_generator,
+)
+from vidiff.training.optim import adamw_with_warmup
 
 
 STAGES = ("t2i", "t2v", "v2v")
@@ -70,13 +82,17 @@ class VIDiffModule(L.LightningModule):
         stage: ``t2i``, ``t2v`` or ``v2v``.
         init_from: previous stage's model directory or checkpoint (``null``: the model as built).
         lr, weight_decay, betas: AdamW settings; ``warmup_steps`` of linear LR warm-up, then constant.
-        cond_dropout: ``{text_only, both, source_only}`` fractions (v2v); t2i/t2v use ``text_only`` alone.
-        ema_decay: EMA of the trainable weights (``null`` disables it); the exported model uses the EMA weights.
+        objective: a :class:`~vidiff.training.objective.DiffusionObjective` (or its arguments): target, timestep
+            weighting, offset noise.
+        cond_dropout: a :class:`~vidiff.training.objective.ConditionDropout` (or ``{text_only, both,
+            source_only}``); without a source (t2i/t2v) only ``text_only`` applies.
+        ema_decay: EMA of the trainable weights (``null`` disables it), updated after each optimizer step; the
+            exported model uses the EMA weights.
         gradient_checkpointing: recompute U-Net activations in the backward pass (less memory, ~30 % slower).
         val_inference_steps, val_text_guidance, val_video_guidance: sampler settings of the validation PSNR.
-        noise_offset: optional offset noise (0 = plain DDPM).
-        seed: with the global step and rank, seeds each step's noise, timesteps and dropout, so a run resumed
-            from a checkpoint draws exactly what the uninterrupted run would have drawn.
+        seed: with the micro-step and rank, seeds each micro-batch's noise, timesteps, dropout and VAE sampling,
+            so every micro-batch of an accumulation window draws its own, and a run resumed from a checkpoint
+            draws exactly what the uninterrupted run would have drawn.
     """
 
     def __init__(
@@ -88,13 +104,13 @@ class VIDiffModule(L.LightningModule):
         weight_decay: float = 1e-2,
         betas: Sequence[float] = (0.9, 0.999),
         warmup_steps: int = 0,
-        cond_dropout: dict[str, float] | None = None,
+        objective: DiffusionObjective | Mapping[str, Any] | None = None,
+        cond_dropout: ConditionDropout | Mapping[str, float] | None = None,
         ema_decay: float | None = 0.9999,
         gradient_checkpointing: bool = False,
         val_inference_steps: int = 10,
         val_text_guidance: float = 7.5,
         val_video_guidance: float = 1.5,
-        noise_offset: float = 0.0,
         seed: int = 0,
     ):
         super().__init__()
@@ -102,11 +118,16 @@ class VIDiffModule(L.LightningModule):
             raise ValueError(f"unknown stage {stage!r} (choose from {', '.join(STAGES)})")
         # plain Python values only: checkpoints must load with torch.load(weights_only=True)
         betas = [float(b) for b in betas]
-        cond_dropout = {str(k): float(v) for k, v in (cond_dropout or {}).items()}
-        self.save_hyperparameters(ignore=["model"], logger=False)
+        self.objective = objective_of(objective)
+        self.cond_dropout = ConditionDropout.of(cond_dropout)
+        self.save_hyperparameters(ignore=["model", "objective", "cond_dropout"], logger=False)
+        self.hparams["objective"] = {
+            "min_snr_gamma": self.objective.min_snr_gamma,
+            "noise_offset": self.objective.noise_offset,
+        }
+        self.hparams["cond_dropout"] = self.cond_dropout.as_dict()
         self.model = model
         self.stage = stage
-        self.cond_dropout = {"text_only": 0.05, "both": 0.05, "source_only": 0.05, **(cond_dropout or {})}
         if init_from:
             load_init_weights(model, init_from)
         keep = trainable_filter(stage)
@@ -116,6 +137,7 @@ class VIDiffModule(L.LightningModule):
             model.unet.enable_gradient_checkpointing()
         self.ema = EMAModel(self.trainable_parameters(), decay=ema_decay) if ema_decay else None
         self.val_psnr = torch.nn.ModuleDict()
+        self.train(False)  # frozen networks in eval mode from the start (see train())
 
     # ------------------------------------------------------------------------------------------ parameters
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
@@ -125,14 +147,19 @@ class VIDiffModule(L.LightningModule):
         return {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
 
     def configure_optimizers(self):
-        params = self.trainable_parameters()
         hp = self.hparams
-        optimizer = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay, betas=tuple(hp.betas))
-        warmup = max(0, int(hp.warmup_steps))
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        return adamw_with_warmup(self.trainable_parameters(), hp.lr, hp.weight_decay, hp.betas, hp.warmup_steps)
+
+    def train(self, mode: bool = True) -> VIDiffModule:
+        """Only the networks this stage trains follow ``mode``; the frozen VAE and CLIP encoders stay in eval
+        mode whoever calls ``train()`` (Lightning after validation, callbacks after logging)."""
+        super().train(mode)
+        self.model.eval()
+        if mode:
+            self.model.unet.train()
+            if self.model.image_projector is not None and self.stage == "v2v":
+                self.model.image_projector.train()
+        return self
 
     # ------------------------------------------------------------------------------------------ training
     def _instruction_and_source(
@@ -151,15 +178,10 @@ class VIDiffModule(L.LightningModule):
             if has_image is not None
             else torch.zeros(b, dtype=torch.bool, device=self.device)
         )
-        if source_latents is None:  # t2i / t2v: no source video; the 4 extra input channels stay zero
+        has_source = source_latents is not None
+        if not has_source:  # t2i / t2v: no source video; the 4 extra input channels stay zero
             source_latents = torch.zeros(target_shape, device=self.device, dtype=self.model.dtype)
-            drop_text = torch.rand(b, generator=generator, device=self.device) < self.cond_dropout["text_only"]
-            drop_source = torch.zeros(b, dtype=torch.bool, device=self.device)
-        else:
-            r = torch.rand(b, generator=generator, device=self.device)
-            p_text, p_both, p_source = (self.cond_dropout[k] for k in ("text_only", "both", "source_only"))
-            drop_text = r < p_text + p_both  # text alone, or text and source together
-            drop_source = (r >= p_text) & (r < p_text + p_both + p_source)
+        drop_text, drop_source = self.cond_dropout.sample(b, generator, self.device, has_source)
         texts = ["" if d else t for t, d in zip(texts, drop_text.tolist())]
         image_mask = image_mask & ~drop_text
         images = batch.get("image") if bool(image_mask.any()) and self.model.image_projector is not None else None
@@ -169,14 +191,21 @@ class VIDiffModule(L.LightningModule):
         source_latents = source_latents * (~drop_source).view(-1, 1, 1, 1, 1).to(source_latents.dtype)
         return instruction, source_latents, images is not None
 
-    def step_generator(self) -> torch.Generator:
+    def micro_step(self, batch: dict[str, Any]) -> int:
+        """The global micro-step of ``batch`` (the data stream numbers its batches; without that number, the
+        trainer's count of micro-batches)."""
+        if "step" in batch:
+            return int(batch["step"])
+        if self._trainer is None:
+            return 0
+        return int(self.trainer.fit_loop.total_batch_idx)
+
+    def batch_generator(self, batch: dict[str, Any]) -> torch.Generator:
         rank = self.global_rank if self._trainer is not None else 0
-        step = self.global_step if self._trainer is not None else 0
-        seed = (int(self.hparams.seed) * 1_000_003 + step * 1009 + rank) % (2**63)
-        return torch.Generator(device=self.device).manual_seed(seed)
+        return step_generator(self.hparams.seed, self.micro_step(batch), rank, self.device)
 
     def shared_step(self, batch: dict[str, Any]) -> torch.Tensor:
-        generator = self.step_generator()
+        generator = self.batch_generator(batch)
         target = to_model_range(batch["target"].to(self.device))
         if self.stage == "t2i":
             target = target[:, :, :1]  # image stage: one frame per sample
@@ -186,23 +215,16 @@ class VIDiffModule(L.LightningModule):
             if self.stage == "v2v" and "source" in batch:
                 source = to_model_range(batch["source"].to(self.device))
                 source_latents = self.model.encode_video(source)
-        noise = torch.randn(latents.shape, generator=generator, device=self.device, dtype=latents.dtype)
-        if self.hparams.noise_offset:
-            offset = torch.randn(
-                *latents.shape[:2], 1, 1, 1, generator=generator, device=self.device, dtype=latents.dtype
-            )
-            noise = noise + self.hparams.noise_offset * offset
-        scheduler = self.model.noise_scheduler
-        timesteps = torch.randint(
-            0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator, device=self.device
-        )
+        objective, scheduler = self.objective, self.model.noise_scheduler
+        noise = objective.sample_noise(latents, generator)
+        timesteps = objective.sample_timesteps(latents.shape[0], scheduler, generator, self.device)
         noisy = scheduler.add_noise(latents, noise, timesteps)
         instruction, source_latents, used_projector = self._instruction_and_source(
             batch, source_latents, latents.shape, generator
         )
         projector = self.model.image_projector if self.stage == "v2v" else None
         prediction = self.model.predict_noise(noisy, source_latents, timesteps, instruction)
-        loss = F.mse_loss(prediction.float(), noise.float())
+        loss = objective.loss(prediction, objective.target(scheduler, latents, noise, timesteps), scheduler, timesteps)
         if projector is not None and not used_projector:
             # text-only steps leave the projector without gradients; a zero-weighted touch keeps DDP's
             # gradient buckets complete without find_unused_parameters (and its per-step graph walk)
@@ -218,21 +240,19 @@ class VIDiffModule(L.LightningModule):
         self.log(f"train/{task}/loss", loss, batch_size=bs, sync_dist=True)
         return loss
 
-    def on_before_zero_grad(self, optimizer) -> None:
-        # right after each optimizer step, before callbacks (e.g. checkpointing) see the batch end
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # after the weights moved (once per accumulation window), before callbacks such as checkpointing run
         if self.ema is not None:
             self.ema.step(self.trainable_parameters())
+
+    def on_train_epoch_start(self) -> None:
+        # Lightning keeps each submodule's mode as it finds it; the model is built in eval mode
+        self.train(True)
 
     def on_fit_start(self) -> None:
         if self.ema is not None:
             self.ema.to(self.device)
-
-    def on_train_epoch_start(self) -> None:
-        # trained networks in train mode, frozen encoders in eval mode (the model is built in eval mode)
-        self.model.eval()
-        self.model.unet.train()
-        if self.model.image_projector is not None:
-            self.model.image_projector.train(self.stage == "v2v")
 
     # ------------------------------------------------------------------------------------------ EMA
     @contextlib.contextmanager
@@ -250,24 +270,20 @@ class VIDiffModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.ema is not None:
-            checkpoint["ema"] = {
-                "shadow": [p.detach().cpu() for p in self.ema.shadow_params],
-                "step": int(self.ema.optimization_step),
-            }
+            checkpoint["ema"] = self.ema.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.ema is not None and "ema" in checkpoint:
-            for shadow, saved in zip(self.ema.shadow_params, checkpoint["ema"]["shadow"]):
-                shadow.data.copy_(saved.to(shadow.device))
-            self.ema.optimization_step = checkpoint["ema"]["step"]
+            self.ema.load_state_dict(checkpoint["ema"])
+            self.ema.to(self.device)
 
     # ------------------------------------------------------------------------------------------ validation
     def setup(self, stage: str) -> None:
-        # one PSNR metric per validation task, created before checkpoints are restored or metrics logged
+        # one running mean of video PSNR per validation task, created before checkpoints are restored
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         for task in getattr(dm, "val_task_names", []):
             if task not in self.val_psnr:
-                self.val_psnr[task] = PeakSignalNoiseRatio(data_range=1.0)
+                self.val_psnr[task] = MeanMetric()
 
     @torch.no_grad()
     def translate(self, batch: dict[str, Any], num_inference_steps: int | None = None, seed: int = 0) -> torch.Tensor:
@@ -296,21 +312,28 @@ class VIDiffModule(L.LightningModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         task = batch["task"]
         if "source" not in batch or self.stage != "v2v":
-            loss = self.shared_step(batch)
+            # a fixed draw per validation batch, so validation losses are comparable between evaluations
+            loss = self.shared_step({**batch, "step": -1 - batch_idx})
             self.log(f"val/{task}/loss", loss, batch_size=batch["target"].shape[0], add_dataloader_idx=False)
             return
         with self.ema_scope():
             output = self.translate(batch)
         target = to_model_range(batch["target"].to(self.device))
-        metric = self.val_psnr[task]
-        metric.update(((output.float() + 1) / 2).clamp(0, 1), ((target + 1) / 2).clamp(0, 1))
-        self.log(
-            f"val/{task}/psnr",
-            metric,
-            batch_size=target.shape[0],
-            add_dataloader_idx=False,
-            metric_attribute=f"val_psnr.{task}",
-        )
+        # the tables' PSNR (vidiff.evaluation.metrics.pixel.video_psnr) on the same 8-bit frames, per video
+        for out_video, target_video in zip(output, target):
+            self.val_psnr[task].update(video_psnr(tensor_to_frames(out_video), tensor_to_frames(target_video)))
+
+    def on_validation_epoch_end(self) -> None:
+        # every rank computes every task's metric in the same order, also a rank that got no batch of that task
+        # (fewer validation samples than ranks): the cross-rank sync inside compute() then never waits forever
+        for task in sorted(self.val_psnr):
+            metric = self.val_psnr[task]
+            if metric.update_count == 0 and not torch.distributed.is_initialized():
+                continue
+            value = metric.compute()
+            metric.reset()
+            if torch.isfinite(value):
+                self.log(f"val/{task}/psnr", value, sync_dist=False, add_dataloader_idx=False)
 
     # ------------------------------------------------------------------------------------------ logging
     @torch.no_grad()

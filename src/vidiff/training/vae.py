@@ -23,6 +23,8 @@ from einops import rearrange
 from vidiff.data.shards import to_model_range
 from vidiff.models import VIDiffModel
 from vidiff.training.module import load_init_weights
+from vidiff.training.objective import step_generator
+from vidiff.training.optim import adamw_with_warmup
 
 
 class VAEModule(L.LightningModule):
@@ -65,16 +67,18 @@ class VAEModule(L.LightningModule):
     def configure_optimizers(self):
         hp = self.hparams
         params = [p for p in self.model.vae.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay, betas=tuple(hp.betas))
-        warmup = max(0, int(hp.warmup_steps))
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        return adamw_with_warmup(params, hp.lr, hp.weight_decay, hp.betas, hp.warmup_steps)
+
+    def train(self, mode: bool = True) -> VAEModule:
+        """Only the VAE follows ``mode``; every other network stays in eval mode."""
+        super().train(mode)
+        self.model.eval()
+        self.model.vae.train(mode)
+        return self
 
     def on_train_epoch_start(self) -> None:
-        self.model.eval()
-        self.model.vae.train()
+        # Lightning keeps each submodule's mode as it finds it; the model is built in eval mode
+        self.train(True)
 
     def frames_of(self, batch: dict[str, Any]) -> torch.Tensor:
         """``[n, 3, h, w]`` in [-1, 1]: frames of the targets and sources, evenly spaced, at most ``frames_per_step``."""
@@ -84,14 +88,17 @@ class VAEModule(L.LightningModule):
         index = torch.linspace(0, len(frames) - 1, n).round().long()
         return to_model_range(frames[index].to(self.device))
 
-    def step_generator(self) -> torch.Generator:
-        step = self.global_step if self._trainer is not None else 0
-        return torch.Generator(device=self.device).manual_seed(int(self.hparams.seed) * 1_000_003 + step * 1009)
-
-    def reconstruction_loss(self, frames: torch.Tensor, sample: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    def reconstruction_loss(
+        self, frames: torch.Tensor, micro_step: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``micro_step`` seeds the posterior sample (with the seed and rank); ``None`` takes the posterior mode."""
         vae = self.model.vae
         posterior = vae.encode(frames).latent_dist
-        latents = posterior.sample(self.step_generator()) if sample else posterior.mode()
+        if micro_step is None:
+            latents = posterior.mode()
+        else:
+            rank = self.global_rank if self._trainer is not None else 0
+            latents = posterior.sample(step_generator(self.hparams.seed, micro_step, rank, self.device))
         recon = vae.decode(latents).sample
         loss = F.mse_loss(recon, frames) + self.hparams.l1_weight * F.l1_loss(recon, frames)
         loss = loss + self.hparams.kl_weight * posterior.kl().mean()
@@ -99,7 +106,7 @@ class VAEModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         frames = self.frames_of(batch)
-        loss, recon, latents = self.reconstruction_loss(frames)
+        loss, recon, latents = self.reconstruction_loss(frames, int(batch.get("step", batch_idx)))
         var = latents.float().pow(2).mean()
         m = float(self.hparams.latent_momentum)
         self.latent_var = var if self.latent_var < 0 else m * self.latent_var + (1 - m) * var
@@ -110,7 +117,7 @@ class VAEModule(L.LightningModule):
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         frames = self.frames_of(batch)
-        _, recon, _ = self.reconstruction_loss(frames, sample=False)
+        _, recon, _ = self.reconstruction_loss(frames)
         mse = F.mse_loss(recon.clamp(-1, 1), frames) / 4
         self.log(
             f"val/{batch['task']}/vae_psnr",

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 
 def _umask() -> int:
@@ -38,3 +40,10 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
     tmp.write_text(text)
     return publish(tmp, path)
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
+    """:func:`write_text_atomic` of ``data`` as indented JSON with sorted keys (stable bytes for the same data)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")

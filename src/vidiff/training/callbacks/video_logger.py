@@ -1,7 +1,9 @@
 """Every N steps, log ``source | output | target`` videos of the current training batch (rank zero only).
 
-With the W&B logger the videos go to the run (``log_video``); with any other logger (CSV) they are written as
-mp4 files under ``<dirpath>/step<N>_<task>.mp4``.
+The videos are written as mp4 files by our own writer under ``<dirpath>/step<N>_<task>_<i>.mp4`` (default
+``<run>/videos``); with the W&B logger each file is also logged to the run as a ``wandb.Video`` of that file (W&B
+copies it into the run's media folder, so an offline run syncs it later; no moviepy needed). The module's own
+``train()`` keeps its frozen networks in eval mode when training resumes.
 """
 
 from __future__ import annotations
@@ -9,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
-from einops import rearrange
 from lightning.pytorch.utilities import rank_zero_only
 
 from vidiff.io import write_video
@@ -32,19 +33,16 @@ class VideoLogger(L.Callback):
             videos = pl_module.log_videos(batch, self.num_videos)
         finally:
             pl_module.train(was_training)
+        folder = self.dirpath or Path(trainer.default_root_dir) / "videos"
+        wandb_loggers = [lg for lg in trainer.loggers if type(lg).__name__ == "WandbLogger"]
         for name, grid in videos.items():
-            clips = [tensor_to_frames(v) for v in grid]
-            logger = trainer.logger
-            if logger is not None and type(logger).__name__ == "WandbLogger":
-                arrays = [rearrange(c, "f h w c -> f c h w") for c in clips]
-                logger.log_video(
-                    f"videos/{name}",
-                    videos=arrays,
-                    step=step,
-                    fps=[self.fps] * len(arrays),
-                    format=["mp4"] * len(arrays),
+            paths = [
+                write_video(folder / f"step{step:07d}_{name}_{i}.mp4", tensor_to_frames(v), self.fps)
+                for i, v in enumerate(grid)
+            ]
+            for logger in wandb_loggers:
+                import wandb
+
+                logger.experiment.log(
+                    {f"videos/{name}": [wandb.Video(str(p), format="mp4") for p in paths], "trainer/global_step": step}
                 )
-            else:
-                folder = self.dirpath or Path(trainer.default_root_dir) / "videos"
-                for i, clip in enumerate(clips):
-                    write_video(folder / f"step{step:07d}_{name}_{i}.mp4", clip, self.fps)
