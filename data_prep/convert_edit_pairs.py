@@ -19,7 +19,16 @@ from pathlib import Path
 
 import numpy as np
 
-from vidiff.data_prep.common import (
+from vidiff.data_prep.frames import (
+    fit_frames,
+    list_frames,
+    probe_frame_count,
+    read_frame_files,
+    read_image,
+    read_video_segment,
+    segments,
+)
+from vidiff.data_prep.schema import (
     IMAGE_SUFFIXES,
     VIDEO_SUFFIXES,
     Job,
@@ -27,17 +36,10 @@ from vidiff.data_prep.common import (
     Sample,
     SkipSample,
     Spec,
-    fit_frames,
-    list_frames,
-    probe_frame_count,
-    read_frame_files,
-    read_image,
-    read_video_segment,
-    resize_frames,
     safe_key,
-    segments,
 )
 from vidiff.errors import VIDiffError
+from vidiff.utils.frames import resize_frames
 
 
 SOURCE = "edit-pairs"

@@ -15,7 +15,8 @@ from fractions import Fraction
 from pathlib import Path
 
 from vidiff.data.tasks import instruction_for
-from vidiff.data_prep.common import Job, PrepOptions, Sample, SkipSample, Spec, build_frame_pair, paired_specs, rng_for
+from vidiff.data_prep.pairs import build_frame_pair, paired_specs
+from vidiff.data_prep.schema import Job, PrepOptions, Sample, SkipSample, Spec, rng_for
 from vidiff.errors import VIDiffError
 
 

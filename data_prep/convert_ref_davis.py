@@ -12,8 +12,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vidiff.data_prep.common import Job, PrepOptions, Sample, Spec, list_frames
+from vidiff.data_prep.frames import list_frames
 from vidiff.data_prep.rvos_common import build_rvos, object_specs
+from vidiff.data_prep.schema import Job, PrepOptions, Sample, Spec
 from vidiff.errors import VIDiffError
 
 

@@ -11,8 +11,8 @@ import argparse
 import json
 from pathlib import Path
 
-from vidiff.data_prep.common import Job, PrepOptions, Sample, Spec
 from vidiff.data_prep.rvos_common import build_rvos, object_specs
+from vidiff.data_prep.schema import Job, PrepOptions, Sample, Spec
 from vidiff.errors import VIDiffError
 
 

@@ -16,19 +16,8 @@ from pathlib import Path
 
 from vidiff.data.tasks import RESTORATION_TASKS, SYNTHETIC_TASKS, instruction_for
 from vidiff.data_prep import degrade
-from vidiff.data_prep.common import (
-    VIDEO_SUFFIXES,
-    Job,
-    PrepOptions,
-    Sample,
-    Spec,
-    load_video_segment,
-    np_rng_for,
-    probe_frame_count,
-    rng_for,
-    safe_key,
-    segments,
-)
+from vidiff.data_prep.frames import load_video_segment, probe_frame_count, segments
+from vidiff.data_prep.schema import VIDEO_SUFFIXES, Job, PrepOptions, Sample, Spec, np_rng_for, rng_for, safe_key
 from vidiff.errors import VIDiffError
 
 

@@ -14,17 +14,9 @@ import argparse
 import csv
 from pathlib import Path
 
-from vidiff.data_prep.common import (
-    Job,
-    PrepOptions,
-    Sample,
-    Spec,
-    load_video_segment,
-    probe_frame_count,
-    safe_key,
-    segments,
-)
 from vidiff.data_prep.convert_video_folder import degrade_clip, parse_tasks
+from vidiff.data_prep.frames import load_video_segment, probe_frame_count, segments
+from vidiff.data_prep.schema import Job, PrepOptions, Sample, Spec, safe_key
 from vidiff.errors import VIDiffError
 
 

@@ -14,19 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from vidiff.data.tasks import instruction_for
-from vidiff.data_prep.common import (
-    Job,
-    PrepOptions,
-    Sample,
-    SkipSample,
-    Spec,
-    fit_frames,
-    fit_masks,
-    read_frame_files,
-    read_image,
-    rng_for,
-    segments,
-)
+from vidiff.data_prep.frames import fit_frames, fit_masks, read_frame_files, read_image, segments
+from vidiff.data_prep.schema import Job, PrepOptions, Sample, SkipSample, Spec, rng_for
 from vidiff.overlay import PALETTE, render_overlay
 
 

@@ -60,6 +60,9 @@ def test_image_instruction_and_checkpoint(tiny_model, bikes_path, tmp_path):
     ]
     assert edit.main(args) == 0
     assert probe_video(out).num_frames == 2
+    # --quiet means quiet: no third-party notices, no warnings from our own array handling
+    quiet = _cli(*args, "--overwrite")
+    assert quiet.returncode == 0 and quiet.stderr.strip() == "" and quiet.stdout.strip() == "", quiet.stderr
 
 
 def _cli(*args):

@@ -30,7 +30,7 @@ CONVERTERS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from vidiff.data_prep.common import PrepOptions
+    from vidiff.data_prep.schema import PrepOptions
 
     defaults = PrepOptions()
     parser = argparse.ArgumentParser(
@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 @run_cli("vidiff-prep")
 def main(argv: list[str] | None = None) -> int:
-    from vidiff.data_prep.common import PrepOptions, run_converter
+    from vidiff.data_prep.runner import run_converter
+    from vidiff.data_prep.schema import PrepOptions
 
     args = build_parser().parse_args(argv)
     for flag in ("short_side", "max_frames", "shard_size", "workers", "min_frames"):
