@@ -6,7 +6,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-slow test-all lint format clean shards-tiny smoke bench bench-long bench-gpu
+# app: `make app` serves the tiny model; `make app APP_ARGS='--checkpoint outputs/train/runs/<run>/model'`
+APP_ARGS ?= --model tiny
+
+.PHONY: help install install-browser app demo test test-slow test-all lint format clean shards-tiny smoke bench bench-long bench-gpu
 
 help: ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -20,9 +23,20 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --no-deps "pyiqa==0.1.16"
 	# test-only, an independent writer of the released SD-1 key layout: the original LDM model code (ldm/)
 	$(BIN)/python -m pip install --no-deps "stable-diffusion-sdkit==2.1.5"
+	@$(MAKE) --no-print-directory install-browser
 	@touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install vidiff with its dev tools
+
+install-browser: ## Debian's chromium for the app's browser test (needs apt-get and root; skipped otherwise)
+	@if command -v chromium >/dev/null 2>&1; then echo "chromium: $$(command -v chromium)"; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
+		&& echo "chromium: installed" || echo "chromium: apt-get failed; the browser test will be skipped"; \
+	else echo "chromium: not installed (no apt-get or not root); the browser test will be skipped"; fi
+
+app: $(STAMP) ## serve the web app on http://127.0.0.1:7860 (APP_ARGS='--checkpoint DIR' for a trained model)
+	$(BIN)/vidiff-app $(APP_ARGS)
 
 demo: $(STAMP) ## run the embedded demo end to end (writes outputs/demo/)
 	$(BIN)/python -m vidiff.demo --out outputs/demo

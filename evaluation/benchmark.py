@@ -250,7 +250,7 @@ def guidance_grid(
     videos: list[BenchmarkVideo],
     task: str,
     model,
-    metric_name: str,
+    metric_name: str | None,
     text_scales,
     video_scales,
     weights: MetricWeights,
@@ -259,7 +259,8 @@ def guidance_grid(
     metric_options: Mapping | None = None,
     progress: bool = True,
 ) -> tuple[np.ndarray, list[list[np.ndarray]]]:
-    """Figure 5: the metric and a middle frame of the first video for every ``(s_T, s_V)`` pair."""
+    """Figure 5: the metric and a middle frame of the first video for every ``(s_T, s_V)`` pair (with
+    ``metric_name=None`` only the frames: videos without a ground truth, as in the web app)."""
     from vidiff.pipelines import VIDiffPipeline
 
     pipe = VIDiffPipeline(model, scheduler=sampling.scheduler)
@@ -268,20 +269,22 @@ def guidance_grid(
     thumbs: list[list[np.ndarray]] = []
     cells = [(i, j) for i in range(len(text_scales)) for j in range(len(video_scales))]
     bar = tqdm(total=len(cells), desc="guidance grid", unit="cell", disable=not progress)
-    scorer = RowScorer([metric_name], weights, device, metric_options or {})
+    scorer = RowScorer([metric_name], weights, device, metric_options or {}) if metric_name else None
     for i, s_t in enumerate(text_scales):
         thumbs.append([])
         for j, s_v in enumerate(video_scales):
-            scorer.reset()
+            if scorer is not None:
+                scorer.reset()
             for k, video in enumerate(videos):
                 frames = translate(
                     pipe, video, sampling, {"text_guidance_scale": float(s_t), "video_guidance_scale": float(s_v)}
                 )
                 if k == 0:
                     thumbs[i].append(frames[len(frames) // 2])
-                scorer.update(video, frames, task)
-            result = scorer.result(len(videos), 0, None).metrics
-            values[i, j] = result.get(metric_name, math.nan)
+                if scorer is not None:
+                    scorer.update(video, frames, task)
+            if scorer is not None:
+                values[i, j] = scorer.result(len(videos), 0, None).metrics.get(metric_name, math.nan)
             bar.update(1)
     bar.close()
     return values, thumbs

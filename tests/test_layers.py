@@ -26,7 +26,7 @@ FLOORS = {
     "io": 2, "models": 2, "evaluation.metrics": 2,
     "data": 3, "pipelines": 3,
     "training": 4, "evaluation": 4, "data_prep": 4,
-    "cli": 5, "demo": 5,
+    "cli": 5, "demo": 5, "app": 5,
 }  # fmt: skip
 
 

@@ -9,6 +9,10 @@ The paraphrases are our own; the ``rvos`` set follows the shape of InstructDiffu
 from __future__ import annotations
 
 import random
+import re
+
+from vidiff.overlay import PALETTE as OVERLAY_PALETTE
+from vidiff.overlay import color_in_instruction
 
 
 TASKS = ("t2v", "recolor", "inpaint", "dehaze", "deblur", "rvos", "edit")
@@ -87,3 +91,17 @@ def redraw_instruction(task: str, instruction: str, meta: dict, rng: random.Rand
     if task in RESTORATION_TASKS:
         return instruction_for(task, rng)
     return instruction
+
+
+def is_segmentation_instruction(instruction: str | None) -> bool:
+    """Whether an instruction asks for the ``rvos`` overlay: it has the shape of one of the rvos instruction
+    templates ("Mark the pixels of the dog in red and leave the rest unchanged.") with a palette colour."""
+    if not instruction or color_in_instruction(instruction) is None:
+        return False
+    colors = "|".join(OVERLAY_PALETTE)
+    text = " ".join(instruction.lower().replace("grey", "gray").split())
+    for template in TEMPLATES["rvos"]:
+        pattern = re.escape(template.lower()).replace(r"\{object\}", ".+").replace(r"\{color\}", f"(?:{colors})")
+        if re.fullmatch(pattern, text):
+            return True
+    return False

@@ -360,3 +360,26 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float | Fracti
     with VideoWriter(path, fps, **kwargs) as writer:
         writer.write(frames)
     return Path(path)
+
+
+def write_side_by_side(
+    inputs: list[str | os.PathLike], path: str | os.PathLike, chunk_size: int = 16, overwrite: bool = True
+) -> Path:
+    """Stream videos into one mp4 of them side by side (left to right), at the first one's height and fps.
+
+    Memory stays at one chunk of each input whatever their length; the output ends with the shortest input.
+    """
+    from vidiff.utils.frames import resize_frames
+
+    readers = [VideoReader(p) for p in inputs]
+    try:
+        height = readers[0].info.height
+        sizes = [(height, max(2, round(r.info.width * height / r.info.height))) for r in readers]
+        with VideoWriter(path, readers[0].info.fps, overwrite=overwrite) as writer:
+            for chunks in zip(*(r.iter_chunks(chunk_size) for r in readers)):
+                n = min(len(c) for c in chunks)
+                writer.write(np.concatenate([resize_frames(c[:n], s) for c, s in zip(chunks, sizes)], axis=2))
+        return Path(path)
+    finally:
+        for reader in readers:
+            reader.close()

@@ -6,6 +6,7 @@ Inference only (no Lightning, no training code), one ``__call__``, like a diffus
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -179,6 +180,7 @@ class VIDiffPipeline:
         latents: torch.Tensor | None = None,
         output_type: str = "np",
         strength: float = 1.0,
+        step_callback: Callable[[int, int], None] | None = None,
     ) -> VIDiffPipelineOutput:
         """Translate ``video`` according to ``instruction`` (text) and/or ``image`` (a style/reference picture).
 
@@ -196,6 +198,8 @@ class VIDiffPipeline:
             strength: 1.0 (the paper's sampling) starts from pure noise; below 1 the sampler starts from the
                 source latents noised to that fraction of the schedule and runs only the remaining steps
                 (SDEdit-style: the output keeps more of the source's layout, and fewer steps run).
+            step_callback: called as ``step_callback(done, total)`` after every denoising step (progress bars; an
+                exception raised there stops the sampling at once, e.g. to cancel an edit).
         """
         if not 0.0 < strength <= 1.0:
             raise ValueError(f"strength must be in (0, 1], got {strength}")
@@ -234,13 +238,15 @@ class VIDiffPipeline:
         else:
             latents = latents * scheduler.init_noise_sigma
 
-        for t in tqdm(timesteps, desc="denoising", leave=False, **self.progress_bar_config):
+        for index, t in enumerate(tqdm(timesteps, desc="denoising", leave=False, **self.progress_bar_config)):
             model_input = scheduler.scale_model_input(latents, t).to(model.unet.dtype)
             # one batched U-Net call for all three guidance terms
             eps = model.predict_noise(torch.cat([model_input] * 3), source_batch, t, instruction_batch).float()
             eps_uncond, eps_video, eps_full = eps.chunk(3)
             guided = dual_guidance(eps_uncond, eps_video, eps_full, text_guidance_scale, video_guidance_scale)
             latents = scheduler.step(guided, t, latents, generator=generator).prev_sample
+            if step_callback is not None:
+                step_callback(index + 1, len(timesteps))
 
         if output_type == "latent":
             return VIDiffPipelineOutput(frames=latents)
