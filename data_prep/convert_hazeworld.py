@@ -3,7 +3,8 @@
 Reads the extracted layout ``hazy/<Dataset>/<orig_split>/<video>_<light>_<beta>/`` with the clear frames in
 ``gt/<Dataset>/<orig_split>/<video>/`` (the hazy folder name without its last two fields). The HazeWorld split
 of each clip comes from ``gt/<Dataset>/mapping_info_GT_{train,test}.txt`` (``<src_split> <dst_split> <folder>
-<count>``); without those files, source splits whose name starts with ``test`` count as test, others as train.
+<count>``, where ``<folder>`` may name the clip, ``bear``, or one hazy version, ``bear_239_0.005``: both are
+read, since public sources do not settle which the release uses); without those files, source splits whose name starts with ``test`` count as test, others as train.
 The symlinked layout made by MAP-Net's ``create_symlink_hazeworld.py`` (``<split>/{hazy,gt}/<Dataset>/<clip>``)
 is read too. Every hazy version of a clip (4 betas) is one sample; ``beta`` and the light go in the metadata.
 """
@@ -44,7 +45,18 @@ def read_mapping(gt_dataset_dir: Path) -> dict[tuple[str, str], str]:
             fields = line.split()
             if len(fields) >= 3:
                 mapping[(fields[0], fields[2])] = fields[1]
+                # a hazy folder name (bear_239_0.005) also stands for its clip (bear), and so for every version
+                clip = _clip_of(fields[2])
+                if clip is not None:
+                    mapping.setdefault((fields[0], clip), fields[1])
     return mapping
+
+
+def _clip_of(folder: str) -> str | None:
+    try:
+        return parse_clip_name(folder)[0]
+    except ValueError:
+        return None
 
 
 def _clips_extracted(root: Path, wanted: set[str]):
@@ -61,7 +73,7 @@ def _clips_extracted(root: Path, wanted: set[str]):
                     yield None, dataset_dir.name, hazy, None
                     continue
                 if mapping:
-                    split = mapping.get((orig_split_dir.name, video))
+                    split = mapping.get((orig_split_dir.name, hazy.name)) or mapping.get((orig_split_dir.name, video))
                 else:
                     split = "test" if orig_split_dir.name.startswith("test") else "train"
                 yield split, dataset_dir.name, hazy, root / "gt" / dataset_dir.name / orig_split_dir.name / video

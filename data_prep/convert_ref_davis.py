@@ -1,15 +1,17 @@
 """``vidiff-prep ref-davis``: Ref-DAVIS17 (DAVIS-2017 + Khoreva et al. expressions) -> ``rvos``.
 
-``--root`` is the ``DAVIS/`` folder: ``JPEGImages/480p/<seq>/``, ``Annotations_unsupervised/480p/<seq>/``
-(the object ids the expressions refer to; ``Annotations/480p`` is used when it is missing),
+``--root`` is ReferFormer's ``ref-davis/`` folder (``DAVIS/`` and ``davis_text_annotations/`` side by side) or
+the ``DAVIS/`` folder itself: ``JPEGImages/480p/<seq>/``, ``Annotations_unsupervised/480p/<seq>/`` (the object
+ids the expressions refer to; ``Annotations/480p`` is used, with a note, when it is missing),
 ``ImageSets/2017/{train,val}.txt``, and the four ``Davis17_annot{1,2}[_full_video].txt`` files in
-``davis_text_annotations/`` (or ``--text-dir``). Lines are ``<video> <obj_id> "<expression>"``; annotator 2's
+``davis_text_annotations/`` beside or inside ``DAVIS/`` (or ``--text-dir``). Lines are ``<video> <obj_id> "<expression>"``; annotator 2's
 files are latin-1; three misspelled video names are corrected as in ReferFormer.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from vidiff.data_prep.frames import list_frames
@@ -35,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--text-dir",
         default=None,
-        help="folder of the Davis17_annot*.txt files (default: <root>/davis_text_annotations)",
+        help="folder of the Davis17_annot*.txt files (default: davis_text_annotations/ beside or inside DAVIS/)",
     )
     parser.add_argument("--resolution", default="480p", help="480p or Full-Resolution")
 
@@ -60,14 +62,46 @@ def read_expressions(text_dir: Path) -> tuple[dict[tuple[str, int], list[str]], 
     return expressions, found
 
 
+LAYOUTS = (
+    "ReferFormer's docs/data.md: ref-davis/{DAVIS/{JPEGImages,Annotations_unsupervised,ImageSets}, "
+    "davis_text_annotations/} (--root ref-davis or --root ref-davis/DAVIS)",
+    "one folder: DAVIS/{JPEGImages,Annotations_unsupervised,ImageSets,davis_text_annotations} (--root DAVIS)",
+)
+
+
+def locate(root: Path, resolution: str, text_dir: str | None) -> tuple[Path, Path]:
+    """``(DAVIS folder, expression folder)`` from the folder a user would pass, in either known layout."""
+    davis = next((d for d in (root, root / "DAVIS") if (d / "JPEGImages" / resolution).is_dir()), None)
+    if davis is None:
+        raise VIDiffError(
+            f"{root}: no DAVIS frames (JPEGImages/{resolution}/ in it or in DAVIS/); expected one of: "
+            + "; ".join(LAYOUTS)
+        )
+    if text_dir is not None:
+        return davis, Path(text_dir)
+    candidates = [davis / "davis_text_annotations", davis.parent / "davis_text_annotations"]
+    for candidate in candidates:
+        if any((candidate / name).exists() for name, _ in TEXT_FILES):
+            return davis, candidate
+    raise VIDiffError(
+        f"{root}: no Davis17_annot*.txt expression files in {' or '.join(str(c) for c in candidates)} "
+        f"(pass --text-dir); expected one of: " + "; ".join(LAYOUTS)
+    )
+
+
 def make_jobs(root: Path, args: argparse.Namespace, options: PrepOptions) -> list[Job]:
+    root, text_dir = locate(root, args.resolution, args.text_dir)
     images_root = root / "JPEGImages" / args.resolution
-    if not images_root.is_dir():
-        raise VIDiffError(f"{root}: not a DAVIS folder (missing JPEGImages/{args.resolution}/)")
     masks_root = root / "Annotations_unsupervised" / args.resolution
     if not masks_root.is_dir():
+        # Ref-DAVIS17's object ids follow the unsupervised annotations; the semi-supervised ones number objects
+        # differently for some videos, so falling back is said out loud
+        print(
+            f"vidiff-prep: note: {masks_root} not found; reading masks from Annotations/{args.resolution} "
+            "(object ids may not match the expressions for some videos)",
+            file=sys.stderr,
+        )
         masks_root = root / "Annotations" / args.resolution
-    text_dir = Path(args.text_dir) if args.text_dir else root / "davis_text_annotations"
     expressions, found = read_expressions(text_dir)
     if not found:
         raise VIDiffError(f"{text_dir}: no Davis17_annot*.txt expression files (pass --text-dir)")

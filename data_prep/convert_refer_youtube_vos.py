@@ -25,6 +25,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     pass
 
 
+def read_categories(meta_path: Path) -> dict[tuple[str, int], str]:
+    """``train/meta.json``: the object category of each (video, object id), kept in the sample metadata."""
+    if not meta_path.exists():
+        return {}
+    try:
+        videos = json.loads(meta_path.read_text())["videos"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise VIDiffError(f"{meta_path}: not a Refer-YouTube-VOS meta.json ({err})") from None
+    return {
+        (vid, int(obj_id)): str(obj["category"])
+        for vid, entry in videos.items()
+        for obj_id, obj in entry.get("objects", {}).items()
+        if str(obj_id).isdigit() and isinstance(obj, dict) and obj.get("category")
+    }
+
+
 def make_jobs(root: Path, args: argparse.Namespace, options: PrepOptions) -> list[Job]:
     split = args.split or "train"
     if split != "train":
@@ -36,6 +52,7 @@ def make_jobs(root: Path, args: argparse.Namespace, options: PrepOptions) -> lis
         videos = json.loads(meta_path.read_text())["videos"]
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise VIDiffError(f"{meta_path}: not a meta_expressions.json ({err})") from None
+    categories = read_categories(root / split / "meta.json")
     specs: list[Spec] = []
     for vid in sorted(videos):
         entry = videos[vid]
@@ -45,7 +62,8 @@ def make_jobs(root: Path, args: argparse.Namespace, options: PrepOptions) -> lis
             text = " ".join(str(expression.get("exp", "")).lower().split())
             if text:
                 by_object.setdefault(int(expression["obj_id"]), []).append(text)
-        names = entry.get("frames", [])
+        # frame names are zero-padded frame numbers: sorted, as ReferFormer reads them, whatever the file order
+        names = sorted(entry.get("frames", []))
         frames = [root / split / "JPEGImages" / vid / f"{n}.jpg" for n in names]
         masks = [root / split / "Annotations" / vid / f"{n}.png" for n in names]
         for obj_id, texts in sorted(by_object.items()):
@@ -62,6 +80,7 @@ def make_jobs(root: Path, args: argparse.Namespace, options: PrepOptions) -> lis
                 origin=f"ytvos/{vid}/obj{obj_id}",
                 fps=FPS,
                 max_frames=options.max_frames,
+                **({"category": categories[(vid, obj_id)]} if (vid, obj_id) in categories else {}),
             )
     if not specs:
         raise VIDiffError(f"{meta_path}: no expressions")

@@ -52,11 +52,19 @@ class JobState:
         return sum(s["count"] for s in self.shards)
 
 
-def _build_one(build: Callable[[Job, Spec, PrepOptions], Sample], job: Job, options: PrepOptions, spec: Spec):
-    """Worker body: a sample's encoded members, or the skip reason. Never raises for a bad sample."""
+def _build_one(
+    build: Callable[[Job, Spec, PrepOptions], Sample | list[Sample]], job: Job, options: PrepOptions, spec: Spec
+):
+    """Worker body: the encoded members of a spec's sample(s), or the skip reason. Never raises for a bad sample.
+
+    ``build`` returns one sample, or a list when a spec only learns in the worker how many it makes (a WebVid
+    video's segments: its frame count is probed there, not while listing the CSV)."""
     try:
-        sample = build(job, spec, options)
-        return encode_sample(sample, options.crf), None
+        built = build(job, spec, options)
+        samples = built if isinstance(built, list) else [built]
+        if not samples:
+            raise SkipSample("no sample")
+        return [encode_sample(sample, options.crf) for sample in samples], None
     except SkipSample as skip:
         return None, str(skip)
 
@@ -90,8 +98,12 @@ class _ShardFile:
         self.tmp.unlink(missing_ok=True)
 
 
-def shard_name(source: str, split: str, index: int) -> str:
-    return f"{source}-{split}-{index:06d}.tar"
+def shard_name(source: str, split: str, index: int, part: int | None = None) -> str:
+    """``<source>-<split>-NNNNNN.tar``; a job that is one part of a long listing (a WebVid CSV read in chunks)
+    numbers its shards ``<source>-<split>-PPPPP-NNNNNN.tar``, which sort in listing order and match the same glob."""
+    if part is None:
+        return f"{source}-{split}-{index:06d}.tar"
+    return f"{source}-{split}-{part:05d}-{index:06d}.tar"
 
 
 def _fingerprint(source: str, job: Job, options: PrepOptions, extra: dict[str, Any]) -> str:
@@ -144,9 +156,11 @@ def run_converter(
 def _run_job(source, job, build, out_dir, options, extra, progress, pool) -> dict[str, Any]:
     folder = out_dir / job.task
     folder.mkdir(parents=True, exist_ok=True)
-    state_path = out_dir / STATE_DIR / f"{source}-{job.task}-{job.split}.json"
+    part = getattr(job, "part", None)
+    suffix = "" if part is None else f"-{part:05d}"
+    state_path = out_dir / STATE_DIR / f"{source}-{job.task}-{job.split}{suffix}.json"
     fingerprint = _fingerprint(source, job, options, extra)
-    prefix = f"{source}-{job.split}-"
+    prefix = f"{source}-{job.split}-" + ("" if part is None else f"{part:05d}-")
     # leftovers of an interrupted run are never published; clear them
     for stale in folder.glob(f".{prefix}*.partial"):
         stale.unlink(missing_ok=True)
@@ -160,7 +174,8 @@ def _run_job(source, job, build, out_dir, options, extra, progress, pool) -> dic
     if state is None:
         # a fresh job (or different inputs/options): shards from an older run of this job are replaced
         state = JobState(fingerprint=fingerprint)
-        for old in folder.glob(f"{prefix}[0-9]*.tar"):
+        pattern = f"{prefix}[0-9]*.tar" if part is not None else f"{prefix}[0-9][0-9][0-9][0-9][0-9][0-9].tar"
+        for old in folder.glob(pattern):
             old.unlink()
 
     if not state.complete:
@@ -176,13 +191,13 @@ def _run_job(source, job, build, out_dir, options, extra, progress, pool) -> dic
         )
         shard = None
         try:
-            for index, (members, reason) in enumerate(results, start=state.next_spec):
+            for index, (encoded, reason) in enumerate(results, start=state.next_spec):
                 spec = job.specs[index]
-                if members is None:
+                if encoded is None:
                     state.skips.append({"key": spec.key, "reason": reason})
-                else:
+                for members in encoded or []:
                     if shard is None:
-                        shard = _ShardFile(folder, shard_name(source, job.split, len(state.shards)))
+                        shard = _ShardFile(folder, shard_name(source, job.split, len(state.shards), part))
                     shard.write(members)
                 bar.update(1)
                 bar.set_postfix(written=state.written + (shard.count if shard else 0), skipped=len(state.skips))

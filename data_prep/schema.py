@@ -73,9 +73,13 @@ class Spec:
 
 @dataclass
 class Job:
+    """One task and split of a source, its specs in a fixed order; ``part`` numbers the jobs of a listing too long to
+    hold at once (a WebVid CSV, read in chunks): each part has its own shards, state and resume point."""
+
     task: str
     split: str
     specs: list[Spec]
+    part: int | None = None
 
 
 def rng_for(seed: int, *parts: Any) -> random.Random:

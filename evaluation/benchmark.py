@@ -44,15 +44,28 @@ class BenchmarkVideo:
     fps: float = 25.0
 
 
+def benchmark_shards(bench: Mapping, data_dir: str | Path) -> str:
+    """Where a benchmark reads its shards: its own ``shards`` if it names them, else ``<data_dir>/<task>`` —
+    the folder ``vidiff-prep <source> --out <data_dir>`` writes (the benchmark's ``source`` picks that converter's
+    shards among others of the same task)."""
+    shards = bench.get("shards")
+    return str(shards) if shards else str(Path(data_dir) / str(bench["task"]))
+
+
 def iter_videos(
-    urls, split: str | None, task: str, max_videos: int | None = None, max_frames: int | None = None
+    urls,
+    split: str | None,
+    task: str,
+    max_videos: int | None = None,
+    max_frames: int | None = None,
+    source: str | None = None,
 ) -> Iterator[BenchmarkVideo]:
-    """Whole held-out videos from WebDataset shards, in shard order."""
+    """Whole held-out videos from WebDataset shards, in shard order (``source``: only that converter's shards)."""
     import webdataset as wds
 
     from vidiff.data.shards import decode_frames, decode_mask, resolve_urls
 
-    shards = resolve_urls(urls, split=split)
+    shards = resolve_urls(urls, split=split, source=source)
     dataset = wds.WebDataset(shards, shardshuffle=False, nodesplitter=None, empty_check=False)
     count = 0
     for raw in dataset:

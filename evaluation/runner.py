@@ -67,7 +67,7 @@ def metric_plan(cfg: DictConfig, weights) -> tuple[list[str], list[str]]:
 
 
 def run_table(cfg: DictConfig, out: Path) -> dict[str, Any]:
-    from vidiff.evaluation.benchmark import SamplingOptions, device_name, iter_videos, run_benchmark
+    from vidiff.evaluation.benchmark import SamplingOptions, benchmark_shards, device_name, iter_videos, run_benchmark
     from vidiff.evaluation.metrics import MetricWeights, metric_info
     from vidiff.evaluation.tables import columns_of, to_csv, to_latex, to_markdown
     from vidiff.utils.frames import resize_frames, working_size
@@ -81,9 +81,10 @@ def run_table(cfg: DictConfig, out: Path) -> dict[str, Any]:
     if not models and "vae" in cfg.baselines:
         raise VIDiffError("no model to evaluate: give checkpoint=<model dir> (or presets=[tiny])")
 
-    videos = list(iter_videos(bench.shards, bench.split, bench.task, cfg.max_videos, cfg.max_frames))
+    shards = benchmark_shards(bench, cfg.paths.data_dir)
+    videos = list(iter_videos(shards, bench.split, bench.task, cfg.max_videos, cfg.max_frames, bench.get("source")))
     if not videos:
-        raise VIDiffError(f"{bench.shards}: no {bench.split} videos in these shards")
+        raise VIDiffError(f"{shards}: no {bench.split} videos in these shards")
     if cfg.size:
         for video in videos:
             size = working_size(*video.source.shape[1:3], int(cfg.size))
@@ -118,7 +119,8 @@ def run_table(cfg: DictConfig, out: Path) -> dict[str, Any]:
     model_rows = list(models)
     where = device_name(device)
     notes = [
-        f"{len(videos)} videos ({num_frames} frames) of `{bench.shards}` split `{bench.split}`",
+        f"{len(videos)} videos ({num_frames} frames) of `{shards}` split `{bench.split}`"
+        + (f", source `{bench.source}`" if bench.get("source") else ""),
         f"sampling: {sampling.num_inference_steps} {sampling.scheduler} steps, s_T={sampling.text_guidance_scale}, "
         f"s_V={sampling.video_guidance_scale}, clips of {sampling.clip_length} with {sampling.overlap} reference "
         f"frames; times measured on {where}",
@@ -167,7 +169,7 @@ def log_wandb(cfg: DictConfig, out: Path, bench, rows, cols) -> None:
 
 
 def run_guidance_grid(cfg: DictConfig, out: Path) -> dict[str, Any]:
-    from vidiff.evaluation.benchmark import SamplingOptions, guidance_grid, iter_videos
+    from vidiff.evaluation.benchmark import SamplingOptions, benchmark_shards, guidance_grid, iter_videos
     from vidiff.evaluation.figures import guidance_heatmap, guidance_image_grid
     from vidiff.evaluation.metrics import MetricWeights
 
@@ -178,9 +180,12 @@ def run_guidance_grid(cfg: DictConfig, out: Path) -> dict[str, Any]:
     if len(models) != 1:
         raise VIDiffError(f"mode=guidance_grid takes one model (got {len(models)}): give checkpoint=<model dir>")
     label, model = next(iter(models.items()))
-    videos = list(iter_videos(bench.shards, bench.split, bench.task, cfg.grid.max_videos, cfg.max_frames))
+    shards = benchmark_shards(bench, cfg.paths.data_dir)
+    videos = list(
+        iter_videos(shards, bench.split, bench.task, cfg.grid.max_videos, cfg.max_frames, bench.get("source"))
+    )
     if not videos:
-        raise VIDiffError(f"{bench.shards}: no {bench.split} videos in these shards")
+        raise VIDiffError(f"{shards}: no {bench.split} videos in these shards")
     text_scales, video_scales = list(cfg.grid.text_scales), list(cfg.grid.video_scales)
     values, thumbs = guidance_grid(
         videos, bench.task, model, cfg.grid.metric, text_scales, video_scales, weights,

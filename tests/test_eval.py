@@ -42,7 +42,8 @@ def tiny_checkpoint(tmp_path_factory, tiny_model) -> Path:
 
 def base_overrides(shards: Path, out: Path, task: str = "dehaze") -> list[str]:
     return [
-        f"benchmark.shards={shards}/{task}",
+        f"paths.data_dir={shards}",
+        "benchmark.source=video-folder",
         "benchmark.split=val",
         f"paths.output_dir={out}",
         "sampling.num_inference_steps=1",

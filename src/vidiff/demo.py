@@ -162,7 +162,7 @@ class Demo:
             self.run(
                 "vidiff.cli.eval", "benchmark=table4_dehaze_hazeworld", f"benchmark.name=demo_{task}",
                 f"benchmark.title=make demo: {task} on held-out bikes.mp4", f"benchmark.task={task}",
-                f"benchmark.shards={shards / task}", "benchmark.split=val",
+                f"paths.data_dir={shards}", "benchmark.source=video-folder", "benchmark.split=val",
                 f"benchmark.metrics=[{','.join(METRICS)}]", f"checkpoint={{untrained: {untrained}, trained: {trained}}}",
                 f"max_videos={self.args.eval_videos}", f"sampling.num_inference_steps={self.args.steps}",
                 "save_videos=false", f"hydra.run.dir={out}",

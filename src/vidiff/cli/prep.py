@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 from pathlib import Path
 
 from vidiff.cli.common import run_cli
@@ -26,6 +27,7 @@ CONVERTERS = {
     "ref-davis": "vidiff.data_prep.convert_ref_davis",
     "refer-youtube-vos": "vidiff.data_prep.convert_refer_youtube_vos",
     "edit-pairs": "vidiff.data_prep.convert_edit_pairs",
+    "ip2p": "vidiff.data_prep.convert_ip2p",
 }
 
 
@@ -85,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
             default=defaults.workers,
             help="processes building samples; the output does not depend on it (default %(default)s)",
         )
+        p.add_argument(
+            "--name",
+            default=None,
+            help=f"shard name prefix (default: {name}); e.g. davis for video-folder shards of DAVIS, so several "
+            "sources of one task share --out (the benchmarks' `source:` picks them)",
+        )
         p.add_argument("--quiet", action="store_true", help="no progress bars")
         module.add_arguments(p)
     return parser
@@ -115,18 +123,30 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         workers=args.workers,
     )
+    name = args.name or args.source
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_.]*(-[a-z0-9_.]+)*", name) or re.search(r"-(train|val|test)\b", name):
+        raise VIDiffError(f"--name {name}: use lower-case letters, digits, '.', '_' and '-' (no split names)")
     jobs = module.make_jobs(root, args, options)
-    report = run_converter(args.source, jobs, module.build, out, options, progress=not args.quiet)
+    report = run_converter(name, jobs, module.build, out, options, progress=not args.quiet)
+    # one line per task and split (a long listing is converted in several parts)
+    totals: dict[tuple[str, str], dict] = {}
     for job in report["jobs"]:
-        resumed = f", resumed at spec {job['resumed_from_spec']}" if job["resumed_from_spec"] else ""
+        total = totals.setdefault((job["task"], job["split"]), {"written": 0, "skipped": 0, "shards": 0, "skips": []})
+        total["written"] += job["written"]
+        total["skipped"] += job["skipped"]
+        total["shards"] += len(job["shards"])
+        total["skips"] += job["skips"][: 5 - len(total["skips"])]
+        total["resumed"] = total.get("resumed") or bool(job["resumed_from_spec"])
+    for (task, split), total in totals.items():
+        resumed = ", resumed" if total["resumed"] else ""
         print(
-            f"{job['task']}/{job['split']}: {job['written']} written, {job['skipped']} skipped, {len(job['shards'])} shard(s){resumed}"
+            f"{task}/{split}: {total['written']} written, {total['skipped']} skipped, {total['shards']} shard(s){resumed}"
         )
-        for skip in job["skips"][:5]:
+        for skip in total["skips"]:
             print(f"  skipped {skip['key']}: {skip['reason']}")
-        if len(job["skips"]) > 5:
-            print(f"  ... {len(job['skips']) - 5} more skip(s) in the report")
-    print(f"report: {out / 'reports' / (args.source + '.json')}")
+        if total["skipped"] > len(total["skips"]):
+            print(f"  ... {total['skipped'] - len(total['skips'])} more skip(s) in the report")
+    print(f"report: {out / 'reports' / (name + '.json')}")
     if report["written"] == 0:
         raise VIDiffError(f"{root}: no sample could be converted ({report['skipped']} skipped; see the report)")
     return 0

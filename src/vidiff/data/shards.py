@@ -33,11 +33,12 @@ from vidiff.prompts import continuation_instruction
 log = logging.getLogger(__name__)
 
 
-def resolve_urls(urls: str | Sequence[str], split: str | None = None) -> list[str]:
+def resolve_urls(urls: str | Sequence[str], split: str | None = None, source: str | None = None) -> list[str]:
     """Shard URLs from a brace pattern, a glob, a ``pipe:``/remote URL, a folder, or a list of those.
 
-    A folder expands to its ``*-<split>-NNNNNN.tar`` shards (every ``.tar`` when no split is given). Local
-    patterns that match nothing raise a one-line error naming the pattern.
+    A folder expands to its ``<source>-<split>-NNNNNN.tar`` shards (any source when ``source`` is None; every
+    ``.tar`` when no split is given either). Local patterns that match nothing raise a one-line error naming the
+    pattern.
     """
     import braceexpand
 
@@ -49,7 +50,8 @@ def resolve_urls(urls: str | Sequence[str], split: str | None = None) -> list[st
             resolved.extend(braceexpand.braceexpand(item))
             continue
         if os.path.isdir(item):
-            pattern = os.path.join(item, f"*-{split}-[0-9]*.tar" if split else "*.tar")
+            prefix = source or "*"
+            pattern = os.path.join(item, f"{prefix}-{split}-[0-9]*.tar" if split else f"{prefix}-*.tar")
             found = sorted(glob.glob(pattern))
             if not found:
                 raise VIDiffError(f"{item}: no shards matching {os.path.basename(pattern)}")
