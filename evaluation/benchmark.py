@@ -44,6 +44,11 @@ class BenchmarkVideo:
     fps: float = 25.0
 
 
+# identity: the source as the output; vae: the target through the autoencoder (the latent upper bound);
+# target: the ground truth as the output (the reference values of no-reference metrics: colourfulness, CDC, NIQE)
+BASELINES = ("identity", "vae", "target")
+
+
 def benchmark_shards(bench: Mapping, data_dir: str | Path) -> str:
     """Where a benchmark reads its shards: its own ``shards`` if it names them, else ``<data_dir>/<task>`` —
     the folder ``vidiff-prep <source> --out <data_dir>`` writes (the benchmark's ``source`` picks that converter's
@@ -230,13 +235,16 @@ def run_benchmark(
             write_video(out, frames, fps=video.fps, overwrite=True)
 
     for baseline in baselines:
-        if baseline not in ("identity", "vae"):
-            raise VIDiffError(f"unknown baseline {baseline!r} (choose from: identity, vae)")
+        if baseline not in BASELINES:
+            raise VIDiffError(f"unknown baseline {baseline!r} (choose from: {', '.join(BASELINES)})")
         if baseline == "vae" and reference_model is None:
             raise VIDiffError("the vae baseline needs a model (give checkpoint=...)")
         scorer.reset()
         for video in tqdm(videos, desc=baseline, unit="video", disable=not progress):
-            frames = video.source if baseline == "identity" else vae_reconstruction(reference_model, video.target)
+            if baseline == "vae":
+                frames = vae_reconstruction(reference_model, video.target)
+            else:
+                frames = video.source if baseline == "identity" else video.target
             scorer.update(video, frames, task)
         rows[baseline] = scorer.result(len(videos), num_frames, None)
 

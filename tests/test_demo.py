@@ -21,17 +21,31 @@ def test_demo_loop_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     for step in ("[1/5]", "[2/5]", "[3/5]", "[4/5]", "[5/5]"):
         assert step in proc.stderr
-    results = json.loads((out / "results.json").read_text())
+    data = json.loads((out / "results.json").read_text())
+    results = data["tasks"]
     assert set(results) == {"recolor", "inpaint", "dehaze", "deblur", "edit"}
+    # the goal rows are computed from the numbers in the same file
+    goals = {(g["task"], g["goal"]): g for g in data["goals"]}
+    for task in ("dehaze", "inpaint"):
+        goal = goals[(task, "trained PSNR > identity")]
+        trained, identity = results[task]["trained"]["psnr"], results[task]["identity"]["psnr"]
+        assert (goal["value"], goal["threshold"], goal["met"]) == (trained, identity, trained > identity)
+    bound = results["deblur"]["VAE upper bound"]["psnr"]
+    assert goals[("deblur", "trained PSNR within 1.5 dB of the VAE bound")]["met"] == (
+        results["deblur"]["trained"]["psnr"] >= bound - 1.5
+    )
+    assert goals[("rvos", "J&F >= 0.5 on the held-out clip")]["met"] is False  # not in this demo yet
+    page = (out / "index.html").read_text()
+    assert all(f"long/{task}/side_by_side.mp4" in page for task in results) and "loss_curve.png" in page
     for task, rows in results.items():
-        assert {"identity", "VAE upper bound", "untrained", "trained", "trained, long clip"} <= set(rows)
+        assert {"identity", "VAE upper bound", "target", "untrained", "trained", "trained, long clip"} <= set(rows)
         for metric in ("psnr", "ssim", "cdc", "colorfulness", "niqe"):
             assert isinstance(rows["trained"][metric], float), (task, metric)
         side = probe_video(out / "long" / task / "side_by_side.mp4")
         edited = probe_video(out / "long" / task / "edited.mp4")
         assert side.num_frames == edited.num_frames == 20 and side.width == 3 * edited.width
     report = (out / "results.md").read_text()
-    assert "## Does it learn?" in report and "beats the identity baseline on" in report
+    assert "## Does it learn?" in report and "beats the identity baseline on" in report and "## Goals:" in report
     assert (out / "loss_curve.png").stat().st_size > 1000 and (out / "vae_loss_curve.png").stat().st_size > 1000
     # the stages chain: t2v starts from the trained autoencoder, v2v from t2v
     assert "stage.init_from=" + str(out / "runs" / "vae" / "model") in proc.stderr

@@ -39,7 +39,13 @@ RESTORATION = RESTORATION_TASKS
 TRAIN_CLIPS = ("carphone_pristine.mp4", "bigbuckbunny.mp4")
 HELD_OUT_CLIP = "bikes.mp4"
 METRICS = ("psnr", "ssim", "cdc", "colorfulness", "niqe")
-METHOD_LABELS = {"identity": "identity", "vae": "VAE upper bound", "untrained": "untrained", "trained": "trained"}
+METHOD_LABELS = {
+    "identity": "identity",
+    "vae": "VAE upper bound",
+    "target": "target",
+    "untrained": "untrained",
+    "trained": "trained",
+}
 
 
 class Demo:
@@ -165,7 +171,7 @@ class Demo:
                 f"paths.data_dir={shards}", "benchmark.source=video-folder", "benchmark.split=val",
                 f"benchmark.metrics=[{','.join(METRICS)}]", f"checkpoint={{untrained: {untrained}, trained: {trained}}}",
                 f"max_videos={self.args.eval_videos}", f"sampling.num_inference_steps={self.args.steps}",
-                "save_videos=false", f"hydra.run.dir={out}",
+                "save_videos=false", "baselines=[identity,vae,target]", f"hydra.run.dir={out}",
             )  # fmt: skip
             data = json.loads((out / "metrics.json").read_text())
             results[task] = {
@@ -199,7 +205,10 @@ class Demo:
 
     # ------------------------------------------------------------------ report
     def report(self, results: dict, verdicts: dict) -> None:
+        from vidiff.evaluation.goals import evaluate_goals, goals_markdown
         from vidiff.evaluation.tables import format_number
+
+        goals = evaluate_goals(results)
 
         lines = [
             "# make demo: results",
@@ -210,9 +219,18 @@ class Demo:
             f"sampling: {self.args.steps} DDIM steps, s_T = 7.5, s_V = 1.5.",
             "",
             "Rows: identity = the degraded source as the output; VAE upper bound = the target encoded and decoded "
-            "by the trained autoencoder (no latent model can do better); untrained = the trained autoencoder with "
+            "by the trained autoencoder (no latent model can do better); target = the ground truth as the output "
+            "(the reference for colourfulness, CDC and NIQE); untrained = the trained autoencoder with "
             "the U-Net as built (random); trained = after the T2V and V2V stages. NIQE is computed on 96-pixel "
-            "frames (one or two 96×96 blocks per frame), so it is a rough signal at this size.",
+            "frames (one or two 96×96 blocks per frame), so it is a rough signal at this size. The long clip is "
+            "degraded by the same operators as the shards (`degrade_clip`), with its own random draw (hole "
+            "pattern, haze, style), so its identity row differs from the segments'.",
+            "",
+            f"## Goals: {sum(g['met'] for g in goals)} of {len(goals)} met",
+            "",
+            "Computed from the numbers below (`vidiff.evaluation.goals`).",
+            "",
+            *goals_markdown(goals),
             "",
         ]
         for task, rows in results.items():
@@ -243,7 +261,55 @@ class Demo:
             "`long/<task>/edited.mp4`, `eval/<task>/table.md`, `loss_curve.png`, `vae_loss_curve.png`.",
         ]
         write_text_atomic(self.out / "results.md", "\n".join(lines) + "\n")
-        write_text_atomic(self.out / "results.json", json.dumps(results, indent=2) + "\n")
+        write_text_atomic(self.out / "results.json", json.dumps({"tasks": results, "goals": goals}, indent=2) + "\n")
+        write_text_atomic(self.out / "index.html", self.html(results, goals))
+
+    def html(self, results: dict, goals: list[dict]) -> str:
+        """The page a person opens first: per task the source | output | target video, its numbers and goals."""
+        import html as h
+
+        from vidiff.evaluation.tables import format_number
+
+        def table(rows: list[list[str]], head: list[str]) -> str:
+            cells = "".join(f"<th>{h.escape(c)}</th>" for c in head)
+            body = "".join("<tr>" + "".join(f"<td>{h.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+            return f"<table><tr>{cells}</tr>{body}</table>"
+
+        met = sum(g["met"] for g in goals)
+        parts = [
+            "<!doctype html><html><head><meta charset='utf-8'><title>make demo: results</title><style>"
+            "body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse;"
+            "margin:.5em 0}td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}td:first-child,"
+            "th:first-child{text-align:left}video{max-width:100%;image-rendering:pixelated}</style></head><body>",
+            "<h1>make demo: results</h1>",
+            f"<p>Held-out clip <code>{HELD_OUT_CLIP}</code>; each video is <b>source | output | target</b>. "
+            f"Goals met: {met} of {len(goals)}.</p>",
+        ]
+        for task, rows in results.items():
+            parts.append(f"<h2>{h.escape(task)}</h2>")
+            if (self.out / "long" / task / "side_by_side.mp4").exists():
+                parts.append(f"<video src='long/{task}/side_by_side.mp4' controls loop muted autoplay></video>")
+            head = ["method", *(m.upper() for m in METRICS)]
+            parts.append(
+                table([[name, *(format_number(v.get(m)) for m in METRICS)] for name, v in rows.items()], head)
+            )
+            mine = [g for g in goals if g["task"] == task]
+            if mine:
+                parts.append(table(
+                    [[g["goal"], "–" if g["value"] is None else f"{g['value']:.4g}",
+                      "–" if g["threshold"] is None else f"{g['threshold']:.4g}", "✓" if g["met"] else "✗"]
+                     for g in mine], ["goal", "value", "threshold", "met"],
+                ))  # fmt: skip
+        others = [g for g in goals if g["task"] not in results]
+        if others:
+            parts.append("<h2>Not covered by this run</h2>")
+            parts.append(table([[g["task"], g["goal"], g["note"]] for g in others], ["task", "goal", "note"]))
+        parts.append("<h2>Training</h2>")
+        for image in ("loss_curve.png", "vae_loss_curve.png"):
+            if (self.out / image).exists():
+                parts.append(f"<img src='{image}' alt='{image}' style='max-width:48%'>")
+        parts.append("</body></html>")
+        return "\n".join(parts) + "\n"
 
     def main(self) -> int:
         args = self.args
