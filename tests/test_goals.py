@@ -32,7 +32,10 @@ def test_goals_follow_the_numbers():
     assert by_goal(bad, "recolor", "trained CDC <= 2x the target's")["met"] is False
     assert by_goal(bad, "dehaze", "trained SSIM >= 0.6 (follows the source's structure)")["met"] is False
     # "within 3 dB of the bound" on every task present
-    assert {g["task"] for g in good if g["goal"] == "trained PSNR within 3 dB of the VAE bound"} == {"dehaze", "recolor"}
+    assert {g["task"] for g in good if g["goal"] == "trained PSNR within 3 dB of the VAE bound"} == {
+        "dehaze",
+        "recolor",
+    }
 
 
 def test_missing_tasks_and_numbers_are_not_met():
