@@ -22,27 +22,16 @@ from vidiff.utils.files import write_text_atomic
 
 def load_models(cfg: DictConfig, device: str, dtype) -> dict[str, Any]:
     """``{row label: VIDiffModel}`` from ``checkpoint`` (a dir or {label: dir}) and ``presets``."""
-    import torch
-
-    from vidiff.config import load_model_preset
-    from vidiff.models import VIDiffModel
+    from vidiff.pipelines import load_model
 
     checkpoints = _plain(cfg.checkpoint)
     if isinstance(checkpoints, str):
         path = Path(checkpoints)
         # vidiff-train exports <run>/model: label the row with the run's name
         checkpoints = {path.parent.name if path.name == "model" else path.name: checkpoints}
-    models = {}
-    for label, path in (checkpoints or {}).items():
-        if not Path(path).is_dir():
-            raise VIDiffError(f"{path}: checkpoint is not a model directory (vidiff-train writes <run>/model)")
-        models[str(label)] = VIDiffModel.from_pretrained(path)
+    models = {str(label): load_model(path, None, device, dtype) for label, path in (checkpoints or {}).items()}
     for preset in cfg.presets or []:
-        models[f"{preset} (random weights)"] = load_model_preset(preset)
-    for label, model in models.items():
-        if model.device != torch.device(device):
-            model = model.to(device)
-        models[label] = model if model.dtype == dtype else model.to(dtype=dtype)
+        models[f"{preset} (random weights)"] = load_model(None, preset, device, dtype)
     return models
 
 

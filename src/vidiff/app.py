@@ -108,22 +108,11 @@ class EditService:
     def load(
         cls, checkpoint: str | None, model: str | None, root: str | os.PathLike, device: str = "auto", **limits
     ) -> EditService:
-        from vidiff.pipelines import VIDiffPipeline
+        from vidiff.pipelines import VIDiffPipeline, load_model
         from vidiff.utils.device import pick_device, pick_dtype
 
         device = pick_device(device)
-        dtype = pick_dtype("auto", device)
-        if checkpoint is not None:
-            from vidiff.models import VIDiffModel
-
-            if not Path(checkpoint).is_dir():
-                raise VIDiffError(f"{checkpoint}: not a model directory (vidiff-train writes <run>/model)")
-            network = VIDiffModel.from_pretrained(checkpoint, torch_dtype=dtype)
-        else:
-            from vidiff.config import load_model_preset
-
-            network = load_model_preset(model or "tiny").to(dtype=dtype)
-        pipe = VIDiffPipeline(network.to(device))
+        pipe = VIDiffPipeline(load_model(checkpoint, model, device, pick_dtype("auto", device)))
         pipe.set_progress_bar_config(disable=True)
         root = Path(root)
         root.mkdir(parents=True, exist_ok=True)

@@ -119,22 +119,11 @@ def main(argv: list[str] | None = None) -> int:
     # read the input before the heavy imports, so a bad file is reported at once
     info = probe_video(source)
 
-    from vidiff.pipelines import VIDiffPipeline
+    from vidiff.pipelines import VIDiffPipeline, load_model
 
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)
-    if args.checkpoint is not None:
-        from vidiff.models import VIDiffModel
-
-        # loaded in the working dtype (diffusers keeps its float32-only modules in float32 this way)
-        model = VIDiffModel.from_pretrained(args.checkpoint, torch_dtype=dtype)
-    else:
-        from vidiff.config import load_model_preset
-
-        model = load_model_preset(args.model)
-        if dtype != model.dtype:
-            model = model.to(dtype=dtype)
-    model = model.to(device)
+    model = load_model(args.checkpoint, args.model, device, dtype)
     pipe = VIDiffPipeline(model, scheduler=args.scheduler)
     pipe.set_progress_bar_config(disable=True)
 

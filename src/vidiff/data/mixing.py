@@ -75,13 +75,8 @@ class TaskStream:
         shard_rng = self._rng(rank, worker, epoch, "shards")
         shards = ({"url": shard_rng.choice(self.urls)} for _ in itertools.count())
         samples = wds.tarfile_to_samples(handler=self.handler)(shards)
-        shuffled = wds.filters._shuffle(
-            samples,
-            bufsize=self.shuffle_buffer,
-            initial=self.shuffle_buffer,
-            rng=self._rng(rank, worker, epoch, "shuffle"),
-        )
-        batches = wds.filters._batched(shuffled, self.batch_size, collation_fn=list, partial=False)
+        shuffle = wds.shuffle(self.shuffle_buffer, self.shuffle_buffer, rng=self._rng(rank, worker, epoch, "shuffle"))
+        batches = wds.batched(self.batch_size, collation_fn=list, partial=False)(shuffle(samples))
         return itertools.islice(batches, self.epoch_batches)
 
     def iterate(self, rank: int = 0, worker: int = 0, start: int = 0) -> Iterator[list[dict]]:

@@ -5,8 +5,9 @@ from vidiff.pipelines.vidiff_pipeline import (
     VIDiffPipeline,
     VIDiffPipelineOutput,
     dual_guidance,
+    load_model,
     make_scheduler,
 )
 
 
-__all__ = ["SCHEDULERS", "VIDiffPipeline", "VIDiffPipelineOutput", "dual_guidance", "make_scheduler"]
+__all__ = ["SCHEDULERS", "VIDiffPipeline", "VIDiffPipelineOutput", "dual_guidance", "load_model", "make_scheduler"]

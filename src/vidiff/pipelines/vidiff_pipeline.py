@@ -27,6 +27,29 @@ SCHEDULERS: dict[str, type[SchedulerMixin]] = {
 }
 
 
+def load_model(
+    checkpoint: str | os.PathLike | None = None,
+    preset: str | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+) -> VIDiffModel:
+    """The model every command edits with: a ``vidiff-train`` model directory (loaded in ``dtype``, so diffusers
+    keeps its float32-only modules in float32) or a preset from ``conf/model`` (built, then cast), on ``device``."""
+    from vidiff.errors import VIDiffError
+
+    if checkpoint is not None:
+        if not os.path.isdir(checkpoint):
+            raise VIDiffError(f"{checkpoint}: checkpoint is not a model directory (vidiff-train writes <run>/model)")
+        model = VIDiffModel.from_pretrained(checkpoint, torch_dtype=dtype)
+    else:
+        from vidiff.config import load_model_preset
+
+        model = load_model_preset(preset or "tiny")
+        if dtype is not None and dtype != model.dtype:
+            model = model.to(dtype=dtype)
+    return model.to(device)
+
+
 def make_scheduler(name: str, training_config) -> SchedulerMixin:
     """A sampler (``ddim``, ``euler_a``, ``dpmpp`` = DPM-Solver++) on the model's training noise schedule."""
     if name not in SCHEDULERS:
