@@ -228,9 +228,9 @@ class VideoWriter:
 
     Frames go into a temporary file beside ``path`` which is renamed to ``path`` by :meth:`close`; on an
     exception inside ``with`` (or :meth:`abort`) the temporary file is removed and ``path`` is untouched.
-    Frames keep their exact size: even sizes are encoded as yuv420p (what every player decodes), and odd sizes,
-    which 4:2:0 chroma cannot represent, as yuv444p (H.264 High 4:4:4; FFmpeg-based players and browsers based on
-    it decode it, some hardware decoders do not).
+    Frames keep their exact size: even sizes are encoded as yuv420p, and odd sizes, which 4:2:0 chroma cannot
+    represent, as yuv444p (H.264 High 4:4:4: decoded by FFmpeg and played by Chromium, checked; not by players
+    limited to H.264's 4:2:0 profiles).
 
     Args:
         path: output file (``.mp4``).
