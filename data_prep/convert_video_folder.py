@@ -2,8 +2,10 @@
 
 Every video (searched recursively) is cut into segments of at most ``--max-frames`` frames; each segment gives
 one sample per task. Sources are made from the clean clip: grayscale (recolor), white free-form holes
-(inpaint), the atmospheric scattering model (dehaze), temporal averaging plus a shake kernel (deblur), and a
-deterministic look (edit, with the styled frame as the image instruction). Videos whose path matches
+(inpaint), the atmospheric scattering model (dehaze), temporal averaging plus a shake kernel (deblur), a
+deterministic look (edit, with the styled frame as the image instruction), and for rvos two shaded shapes (ball,
+box, triangle) that glide over the footage, one of them named by the instruction and marked with a red overlay
+(its exact mask is stored for J&F). Videos whose path matches
 ``--val-videos`` go to the ``val`` split, the rest to ``--split`` (default ``train``), so held-out clips come
 from different source videos.
 """
@@ -13,12 +15,16 @@ from __future__ import annotations
 import argparse
 import fnmatch
 from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
 
 from vidiff.data.tasks import RESTORATION_TASKS, SYNTHETIC_TASKS, instruction_for
 from vidiff.data_prep import degrade
 from vidiff.data_prep.frames import load_video_segment, probe_frame_count, segments
 from vidiff.data_prep.schema import VIDEO_SUFFIXES, Job, PrepOptions, Sample, Spec, np_rng_for, rng_for, safe_key
 from vidiff.errors import VIDiffError
+from vidiff.overlay import render_overlay
 
 
 SOURCE = "video-folder"
@@ -33,6 +39,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--val-videos",
         default="",
         help="comma-separated glob patterns (matched against the path under --root); matching videos form the 'val' split",
+    )
+    parser.add_argument(
+        "--tune-segments",
+        type=int,
+        default=0,
+        metavar="N",
+        help="the last N segments of every training video form the 'tune' split: a validation split of the "
+        "training videos, for choosing sampler settings without touching 'val' (default: 0)",
     )
 
 
@@ -55,6 +69,9 @@ def make_jobs(root: Path, args: argparse.Namespace, options: PrepOptions) -> lis
         raise VIDiffError(f"{root}: no video files found (looked for {', '.join(VIDEO_SUFFIXES)})")
     patterns = [p.strip() for p in args.val_videos.split(",") if p.strip()]
     train_split = args.split or "train"
+    tune_segments = getattr(args, "tune_segments", 0)
+    if tune_segments < 0:
+        raise VIDiffError(f"--tune-segments {tune_segments}: must be 0 or more")
     by_split: dict[str, list[Spec]] = {}
     for video in videos:
         rel = video.relative_to(root).as_posix()
@@ -66,15 +83,31 @@ def make_jobs(root: Path, args: argparse.Namespace, options: PrepOptions) -> lis
         if isinstance(count, str):  # unusable file: one spec that reports why
             by_split.setdefault(split, []).append(Spec(f"{stem}-000", {"error": count}))
             continue
-        for i, (start, end) in enumerate(segments(count, options.max_frames)):
-            by_split.setdefault(split, []).append(
+        spans = segments(count, options.max_frames)
+        # a training video keeps at least one training segment
+        tune_from = max(1, len(spans) - tune_segments) if split != "val" else len(spans)
+        for i, (start, end) in enumerate(spans):
+            by_split.setdefault(split if i < tune_from else "tune", []).append(
                 Spec(f"{stem}-{i:03d}", {"video": str(video), "start": start, "end": end})
             )
     return [Job(task, split, specs) for task in tasks for split, specs in sorted(by_split.items())]
 
 
-def degrade_clip(task: str, frames, seed: int, key: str):
-    """(source, target, instruction, meta, style image) for one clean clip; random choices seeded by the key."""
+class Degraded(NamedTuple):
+    source: np.ndarray
+    target: np.ndarray
+    instruction: str
+    meta: dict
+    style: np.ndarray | None = None  # the image instruction (edit)
+    mask: np.ndarray | None = None  # the referred object's pixels (rvos)
+
+
+# the synthetic rvos task always asks for a red overlay: one colour, one thing to learn on a small demo budget
+RVOS_COLOR = "red"
+
+
+def degrade_clip(task: str, frames: np.ndarray, seed: int, key: str) -> Degraded:
+    """A (source, target) pair for one clean clip; every random choice is seeded by ``(seed, task, key)``."""
     rng_py, rng_np = rng_for(seed, task, key), np_rng_for(seed, task, key)
     if task == "recolor":
         source, meta = degrade.grayscale(frames)
@@ -87,25 +120,34 @@ def degrade_clip(task: str, frames, seed: int, key: str):
     elif task == "edit":
         style = rng_py.choice(degrade.STYLES)
         target = degrade.stylize(frames, style)
-        return frames, target, degrade.STYLE_INSTRUCTIONS[style], {"style": style}, target[len(target) // 2]
+        return Degraded(frames, target, degrade.STYLE_INSTRUCTIONS[style], {"style": style}, target[len(target) // 2])
+    elif task == "rvos":
+        source, masks, meta = degrade.moving_objects(frames, rng_np)
+        referred = rng_py.randrange(len(masks))
+        expression = f"the {meta['objects'][referred]['shape']}"
+        instruction = instruction_for("rvos", rng_py, object=expression, color=RVOS_COLOR)
+        meta = {**meta, "referred": referred, "color": RVOS_COLOR, "expressions": [expression]}
+        mask = masks[referred]
+        return Degraded(source, render_overlay(source, mask, RVOS_COLOR), instruction, meta, mask=mask)
     else:
         raise ValueError(task)
-    return source, frames, instruction_for(task, rng_py), meta, None
+    return Degraded(source, frames, instruction_for(task, rng_py), meta)
 
 
 def build(job: Job, spec: Spec, options: PrepOptions) -> Sample:
     frames, fps = load_video_segment(spec, options)
     start, end = spec.data["start"], spec.data["end"]
-    source, target, instruction, meta, style = degrade_clip(job.task, frames, options.seed, spec.key)
+    pair = degrade_clip(job.task, frames, options.seed, spec.key)
     return Sample(
         key=spec.key,
         task=job.task,
-        instruction=instruction,
-        source=source,
-        target=target,
-        style=style,
+        instruction=pair.instruction,
+        source=pair.source,
+        target=pair.target,
+        style=pair.style,
+        mask=pair.mask,
         fps=fps,
         origin=f"{spec.data['video']}#{start}-{end}",
         split=job.split,
-        meta={"first_frame": start, **meta},
+        meta={"first_frame": start, **pair.meta},
     )

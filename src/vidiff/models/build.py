@@ -27,7 +27,7 @@ from diffusers.loaders.single_file_utils import (
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from vidiff.config import to_plain as _plain
-from vidiff.errors import ModelLoadError
+from vidiff.errors import ModelLoadError, VIDiffError
 from vidiff.models.projector import ImageInstructionProjector
 from vidiff.models.tokenizer import build_clip_tokenizer
 from vidiff.models.unet import inflate, widen_conv_in
@@ -307,6 +307,7 @@ def build_vidiff_model(
     stable_diffusion: str | None = None,
     in_channels: int = 8,
     seed: int = 0,
+    source_residual: bool = False,
 ) -> VIDiffModel:
     """Assemble a VIDiff model.
 
@@ -321,7 +322,14 @@ def build_vidiff_model(
             random weights from the configs (the tiny preset).
         in_channels: U-Net input channels after widening (8 = noisy target + source latents).
         seed: seed for every randomly initialised part, so a preset is reproducible.
+        source_residual: predict clean latents as source latents + U-Net output (see :class:`VIDiffModel`).
     """
+    prediction_type = _plain(noise_scheduler).get("prediction_type", "epsilon")
+    if source_residual and prediction_type != "sample":
+        raise VIDiffError(
+            "model.source_residual=true needs model.noise_scheduler.prediction_type=sample (the U-Net's output is "
+            f"then a clean-latent estimate), not {prediction_type!r}"
+        )
     state = None
     if stable_diffusion is not None and _existing(stable_diffusion, "Stable Diffusion weights").is_file():
         # one read of the single file for all three components; their widths come from its tensors
@@ -350,5 +358,6 @@ def build_vidiff_model(
         noise_scheduler=DDPMScheduler(**scheduler_config),
         image_encoder=image_enc,
         image_projector=image_proj,
+        source_residual=source_residual,
     )
     return model.eval()

@@ -47,6 +47,10 @@ class VIDiffModel(nn.Module):
         text_encoder, tokenizer: CLIP text side; the instruction starts with its 77 token embeddings.
         noise_scheduler: the DDPM schedule the model is trained with (samplers are derived from its config).
         image_encoder, image_projector: optional image-instruction branch; its tokens follow the text tokens.
+        source_residual: the U-Net predicts the clean target latents as ``source latents + its output`` (only with
+            ``prediction_type="sample"``). For restoration the target is close to the source, so an untrained
+            network already starts at "copy the source" and learns only the change; the plain paper model
+            (``False``) must first learn to carry every detail of the source through the whole U-Net.
     """
 
     def __init__(
@@ -58,10 +62,17 @@ class VIDiffModel(nn.Module):
         noise_scheduler: DDPMScheduler,
         image_encoder: CLIPVisionModelWithProjection | None = None,
         image_projector: ImageInstructionProjector | None = None,
+        source_residual: bool = False,
     ):
         super().__init__()
         if (image_encoder is None) != (image_projector is None):
             raise ValueError("image_encoder and image_projector go together")
+        if source_residual and noise_scheduler.config.prediction_type != "sample":
+            raise ValueError(
+                "source_residual needs noise_scheduler.prediction_type=sample (the output is a clean-latent "
+                f"estimate), not {noise_scheduler.config.prediction_type!r}"
+            )
+        self.source_residual = bool(source_residual)
         self.unet = unet
         self.vae = vae
         self.text_encoder = text_encoder
@@ -176,12 +187,17 @@ class VIDiffModel(nn.Module):
     def predict_noise(
         self, noisy_latents: torch.Tensor, source_latents: torch.Tensor, timesteps, instruction: torch.Tensor
     ) -> torch.Tensor:
-        """Epsilon for ``[b, 4, f, h, w]`` noisy target latents given the source latents and instruction ``[b, L, d]``."""
+        """The scheduler's prediction (epsilon, v or x0, per ``noise_scheduler.prediction_type``) for ``[b, 4, f, h, w]``
+        noisy target latents given the source latents and instruction ``[b, L, d]``."""
         f = noisy_latents.shape[2]
         model_input = torch.cat([noisy_latents, source_latents], dim=1)
         # UNetMotionModel wants the text states once per frame: [(b f), L, d]
         states = instruction.repeat_interleave(f, dim=0)
-        return self.unet(model_input, timesteps, encoder_hidden_states=states).sample
+        prediction = self.unet(model_input, timesteps, encoder_hidden_states=states).sample
+        if self.source_residual:
+            # a dropped source (zeros, the unconditional branch of guidance) adds nothing
+            prediction = prediction + source_latents.to(prediction.dtype)
+        return prediction
 
     # ---------------------------------------------------------------- persistence
     def save_pretrained(self, path: str | os.PathLike) -> Path:
@@ -204,6 +220,7 @@ class VIDiffModel(nn.Module):
                 "format_version": FORMAT_VERSION,
                 "has_image_branch": self.image_encoder is not None,
                 "num_image_tokens": self.num_image_tokens,
+                "source_residual": self.source_residual,
             }
             (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
             publish(tmp, path)
@@ -253,7 +270,14 @@ class VIDiffModel(nn.Module):
                 )
         except (OSError, ValueError) as err:
             raise ModelLoadError(f"{path}: cannot load model ({' '.join(str(err).split())[:200]})") from None
-        return cls(unet, vae, text_encoder, tokenizer, scheduler, image_encoder, image_projector).eval()
+        try:
+            model = cls(
+                unet, vae, text_encoder, tokenizer, scheduler, image_encoder, image_projector,
+                source_residual=bool(index.get("source_residual", False)),
+            )  # fmt: skip
+        except ValueError as err:
+            raise ModelLoadError(f"{index_file}: {err}") from None
+        return model.eval()
 
 
 def _tf(kwargs: dict) -> dict:

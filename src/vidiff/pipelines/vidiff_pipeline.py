@@ -261,12 +261,21 @@ class VIDiffPipeline:
         else:
             latents = latents * scheduler.init_noise_sigma
 
+        # only the terms the scales weigh: s_V = 1 cancels eps(∅,∅), and s_T = s_V = 1 leaves eps(V,T) alone
+        terms = 3 if video_guidance_scale != 1 else (2 if text_guidance_scale != 1 else 1)
+        source_batch, instruction_batch = source_batch[-terms:], instruction_batch[-terms:]
         for index, t in enumerate(tqdm(timesteps, desc="denoising", leave=False, **self.progress_bar_config)):
             model_input = scheduler.scale_model_input(latents, t).to(model.unet.dtype)
-            # one batched U-Net call for all three guidance terms
-            eps = model.predict_noise(torch.cat([model_input] * 3), source_batch, t, instruction_batch).float()
-            eps_uncond, eps_video, eps_full = eps.chunk(3)
-            guided = dual_guidance(eps_uncond, eps_video, eps_full, text_guidance_scale, video_guidance_scale)
+            # one batched U-Net call for all the guidance terms
+            eps = model.predict_noise(torch.cat([model_input] * terms), source_batch, t, instruction_batch).float()
+            if terms == 3:
+                eps_uncond, eps_video, eps_full = eps.chunk(3)
+                guided = dual_guidance(eps_uncond, eps_video, eps_full, text_guidance_scale, video_guidance_scale)
+            elif terms == 2:
+                eps_video, eps_full = eps.chunk(2)
+                guided = eps_video + text_guidance_scale * (eps_full - eps_video)
+            else:
+                guided = eps
             latents = scheduler.step(guided, t, latents, generator=generator).prev_sample
             if step_callback is not None:
                 step_callback(index + 1, len(timesteps))
