@@ -46,3 +46,14 @@ def test_missing_tasks_and_numbers_are_not_met():
     assert identity["met"] is False and identity["threshold"] is None and "missing" in identity["note"]
     table = goals_markdown(goals)
     assert table[0].startswith("| task | goal") and any("✗" in line for line in table)
+
+
+def test_rvos_is_held_to_jf_not_pixels():
+    rvos = {"identity": {"jf": 0.0}, "untrained": {"jf": 0.14}, "trained": {"jf": 0.62}}
+    goals = evaluate_goals({"dehaze": rows(20.0), "rvos": rvos})
+    assert by_goal(goals, "rvos", "J&F >= 0.5 on the held-out clip")["met"] is True
+    assert by_goal(goals, "rvos", "trained J&F > untrained")["met"] is True
+    # the pixel goals for "all" cover the pixel tasks only: no rvos row that could never be met
+    assert not [g for g in goals if g["task"] == "rvos" and g["metric"] in ("psnr", "ssim")]
+    low = evaluate_goals({"rvos": {**rvos, "trained": {"jf": 0.49}}})
+    assert by_goal(low, "rvos", "J&F >= 0.5 on the held-out clip")["met"] is False
