@@ -141,7 +141,9 @@ def tiny_shards(tmp_path_factory):
         "--quiet",
     ]
     assert (
-        prep_main(["video-folder", *common, "--val-videos", "bikes*", "--tasks", "recolor,inpaint,dehaze,deblur,edit"])
+        prep_main(
+            ["video-folder", *common, "--val-videos", "bikes*", "--tasks", "recolor,inpaint,dehaze,deblur,edit,rvos"]
+        )
         == 0
     )
     return out
