@@ -220,8 +220,16 @@ def _samples(job: Job, spec: Spec, options: PrepOptions, video: Path, origin: st
         if job.task == "t2v":
             samples.append(Sample(instruction=spec.data["caption"], target=frames, meta=meta, **common))
             continue
-        source, target, instruction, extra = degrade_clip(job.task, frames, options.seed, segment.key)[:4]
-        samples.append(Sample(instruction=instruction, source=source, target=target, meta={**meta, **extra}, **common))
+        pair = degrade_clip(job.task, frames, options.seed, segment.key)
+        samples.append(
+            Sample(
+                instruction=pair.instruction,
+                source=pair.source,
+                target=pair.target,
+                meta={**meta, **pair.meta},
+                **common,
+            )
+        )
     if not samples:
         raise SkipSample(f"{count} frame(s), fewer than --min-frames {options.min_frames}")
     return samples

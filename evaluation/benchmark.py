@@ -140,16 +140,24 @@ class RowResult:
         return row
 
 
+def overlay_mask_frames(
+    source: np.ndarray, output: np.ndarray, mask: np.ndarray | None, color: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """An rvos output decoded into its mask, and the true mask (none: empty), as white-on-black frames: what J&F
+    compares."""
+    from vidiff.overlay import overlay_to_mask
+
+    pred_mask = overlay_to_mask(source, output, color)
+    as_frames = lambda m: np.repeat((m.astype(np.uint8) * 255)[..., None], 3, axis=-1)  # noqa: E731
+    target_mask = mask if mask is not None else np.zeros(output.shape[:3], bool)
+    return as_frames(pred_mask), as_frames(target_mask)
+
+
 def _as_metric_input(video: BenchmarkVideo, frames: np.ndarray, task: str) -> tuple[np.ndarray, np.ndarray]:
     """What the metrics compare: frames, or for rvos the decoded masks as white-on-black frames."""
     if task != "rvos":
         return frames, video.target
-    from vidiff.overlay import overlay_to_mask
-
-    pred_mask = overlay_to_mask(video.source, frames, video.color or "red")
-    as_frames = lambda m: np.repeat((m.astype(np.uint8) * 255)[..., None], 3, axis=-1)  # noqa: E731
-    target_mask = video.mask if video.mask is not None else np.zeros(frames.shape[:3], bool)
-    return as_frames(pred_mask), as_frames(target_mask)
+    return overlay_mask_frames(video.source, frames, video.mask, video.color or "red")
 
 
 def vae_reconstruction(model, frames: np.ndarray, chunk_size: int = 8) -> np.ndarray:

@@ -44,18 +44,23 @@ def model_presets() -> list[str]:
     return sorted(p.stem for p in (conf_dir() / "model").glob("*.yaml"))
 
 
-def compose_model_config(preset: str = "tiny", overrides: Sequence[str] = ()) -> DictConfig:
-    """The ``model`` node of ``conf/model/<preset>.yaml`` with ``paths`` resolved."""
+def compose_config(config_name: str | None = None, overrides: Sequence[str] = ()) -> DictConfig:
+    """Compose a config from ``conf/`` outside a Hydra app (``config_name``: e.g. ``"eval"``; ``None``: only the
+    overrides), as the console script with the same overrides would see it."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    if preset not in model_presets():
-        raise VIDiffError(f"unknown model preset {preset!r} (choose from: {', '.join(model_presets())})")
     if GlobalHydra.instance().is_initialized():
         GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        cfg = compose(overrides=[f"+model={preset}", "+paths=default", *overrides])
-    return cfg.model
+        return compose(config_name, overrides=list(overrides))
+
+
+def compose_model_config(preset: str = "tiny", overrides: Sequence[str] = ()) -> DictConfig:
+    """The ``model`` node of ``conf/model/<preset>.yaml`` with ``paths`` resolved."""
+    if preset not in model_presets():
+        raise VIDiffError(f"unknown model preset {preset!r} (choose from: {', '.join(model_presets())})")
+    return compose_config(None, [f"+model={preset}", "+paths=default", *overrides]).model
 
 
 def load_model_preset(preset: str = "tiny", overrides: Sequence[str] = ()):

@@ -169,17 +169,14 @@ class Demo:
             # source | output | target, side by side
             write_video(folder / "side_by_side.mp4", np.concatenate([source, output, target], axis=2), info.fps,
                         overwrite=True)  # fmt: skip
-            if task == "rvos":  # scored as segmentation: the overlay decoded into masks
-                from vidiff.evaluation.metrics.segmentation import contour_f, jaccard
-                from vidiff.overlay import overlay_to_mask
+            if task == "rvos":  # scored as segmentation: the overlay decoded into masks, as vidiff-eval does
+                from vidiff.evaluation.benchmark import overlay_mask_frames
+                from vidiff.evaluation.metrics.segmentation import JF
 
-                def jf(video, source=source, truth=pair.mask, color=pair.meta["color"]):
-                    masks = overlay_to_mask(source, video, color)
-                    j = np.mean([jaccard(p, t) for p, t in zip(masks, truth)])
-                    f = np.mean([contour_f(p, t) for p, t in zip(masks, truth)])
-                    return {"jf": float((j + f) / 2)}
-
-                results[task] = {"trained, long clip": jf(output), "identity, long clip": jf(source)}
+                results[task] = {
+                    row: {"jf": JF().score_video(*overlay_mask_frames(source, video, pair.mask, pair.meta["color"]), None)}
+                    for row, video in (("trained, long clip", output), ("identity, long clip", source))
+                }  # fmt: skip
                 continue
             results[task] = {
                 "trained, long clip": {
@@ -196,10 +193,7 @@ class Demo:
     def tune(self, shards: Path, model_dir: Path) -> dict[str, tuple[float, float]]:
         """Choose the guidance scales per task on the 'tune' split (the last segment of each training video),
         never on the held-out clip: a grid of s_T x s_V, the best PSNR (J&F for rvos)."""
-        from hydra import compose, initialize_config_dir
-        from hydra.core.global_hydra import GlobalHydra
-
-        from vidiff.config import conf_dir
+        from vidiff.config import compose_config
         from vidiff.evaluation.runner import run_guidance_grid
 
         chosen = {}
@@ -217,12 +211,8 @@ class Demo:
                 # the same run as `vidiff-eval <overrides> hydra.run.dir=<out>`, in this process: six interpreter
                 # and model start-ups fewer
                 self.say("$ vidiff-eval " + " ".join(overrides) + f" hydra.run.dir={out}")
-                if GlobalHydra.instance().is_initialized():
-                    GlobalHydra.instance().clear()
-                with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-                    cfg = compose("eval", overrides=overrides)
                 out.mkdir(parents=True, exist_ok=True)
-                run_guidance_grid(cfg, out)
+                run_guidance_grid(compose_config("eval", overrides), out)
             grid = json.loads((out / "guidance_grid.json").read_text())
             values = np.nan_to_num(np.asarray(grid["values"], dtype=float), nan=-np.inf)
             i, j = np.unravel_index(int(np.argmax(values)), values.shape)
