@@ -48,8 +48,8 @@ class VIDiffModel(nn.Module):
         noise_scheduler: the DDPM schedule the model is trained with (samplers are derived from its config).
         image_encoder, image_projector: optional image-instruction branch; its tokens follow the text tokens.
         source_residual: the U-Net predicts the clean target latents as ``source latents + its output`` (only with
-            ``prediction_type="sample"``). For restoration the target is close to the source, so an untrained
-            network already starts at "copy the source" and learns only the change; the plain paper model
+            ``prediction_type="sample"``). For restoration the target is close to the source, so the network
+            only has to learn the change (an all-zero output copies the source); the plain paper model
             (``False``) must first learn to carry every detail of the source through the whole U-Net.
     """
 
