@@ -69,7 +69,7 @@ def _build_one(
         return None, str(skip)
 
 
-class _ShardFile:
+class ShardFile:
     """A tar being filled under a hidden temporary name."""
 
     def __init__(self, folder: Path, name: str):
@@ -116,7 +116,7 @@ def _fingerprint(source: str, job: Job, options: PrepOptions, extra: dict[str, A
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def _update_sizes(folder: Path, name: str, count: int) -> None:
+def update_sizes(folder: Path, name: str, count: int) -> None:
     """``sizes.json`` (shard file -> samples), the open_clip convention for sizing epochs."""
     path = folder / "sizes.json"
     sizes = json.loads(path.read_text()) if path.exists() else {}
@@ -197,7 +197,7 @@ def _run_job(source, job, build, out_dir, options, extra, progress, pool) -> dic
                     state.skips.append({"key": spec.key, "reason": reason})
                 for members in encoded or []:
                     if shard is None:
-                        shard = _ShardFile(folder, shard_name(source, job.split, len(state.shards), part))
+                        shard = ShardFile(folder, shard_name(source, job.split, len(state.shards), part))
                     shard.write(members)
                 bar.update(1)
                 bar.set_postfix(written=state.written + (shard.count if shard else 0), skipped=len(state.skips))
@@ -229,9 +229,9 @@ def _run_job(source, job, build, out_dir, options, extra, progress, pool) -> dic
     }
 
 
-def _commit(state: JobState, shard: _ShardFile, next_spec: int, folder: Path, state_path: Path) -> None:
+def _commit(state: JobState, shard: ShardFile, next_spec: int, folder: Path, state_path: Path) -> None:
     shard.publish()
     state.shards.append({"name": shard.final.name, "count": shard.count})
     state.next_spec = next_spec
-    _update_sizes(folder, shard.final.name, shard.count)
+    update_sizes(folder, shard.final.name, shard.count)
     write_json_atomic(state_path, asdict(state))

@@ -2,6 +2,7 @@
 
     vidiff-prep video-folder --root clips/ --out data/ --val-videos 'bikes*'
     vidiff-prep bsd --root BSD/ --out data/ --split test
+    vidiff-prep latents --model outputs/vae/model --shards data/ --out data-latents/   (after the autoencoder is fixed)
 
 Shards go to ``<out>/<task>/<source>-<split>-NNNNNN.tar``; the run report (samples written, every skip with
 its reason) to ``<out>/reports/<source>.json``. Rerunning after an interruption resumes; rerunning a finished
@@ -95,6 +96,14 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--quiet", action="store_true", help="no progress bars")
         module.add_arguments(p)
+    latents = importlib.import_module("vidiff.data_prep.latents")
+    p = sub.add_parser(
+        "latents",
+        help=latents.HELP,
+        description=(latents.__doc__ or "").strip(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    latents.add_arguments(p)
     return parser
 
 
@@ -104,6 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     from vidiff.data_prep.schema import PrepOptions
 
     args = build_parser().parse_args(argv)
+    if args.source == "latents":
+        from vidiff.data_prep.latents import run
+
+        return run(args)
     for flag in ("short_side", "max_frames", "shard_size", "workers", "min_frames"):
         if getattr(args, flag) < 1:
             raise VIDiffError(f"--{flag.replace('_', '-')} must be at least 1 (got {getattr(args, flag)})")

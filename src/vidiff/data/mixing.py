@@ -19,6 +19,8 @@ import numpy as np
 import torch
 import webdataset as wds
 
+from vidiff.errors import VIDiffError
+
 
 class TaskSchedule:
     """The task of each global micro-step: ``tasks`` drawn with probabilities ``weights`` from ``(seed, step)``."""
@@ -129,6 +131,8 @@ class TaskScheduledMix(torch.utils.data.IterableDataset):
                     rng = random.Random(hash((self.schedule.seed, self.rank, step, index)) & 0xFFFFFFFFFFFF)
                     samples.append(self.decoders[name](raw, rng))
                 return self.collate(samples)
+            except VIDiffError:  # a configuration the shards cannot serve: no later batch would decode either
+                raise
             except Exception as err:  # a corrupt sample: say so, count it, take the next batch
                 self.decode_errors += 1
                 key = raws[index].get("__key__", "?") if isinstance(raws[index], dict) else "?"

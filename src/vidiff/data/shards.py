@@ -147,6 +147,13 @@ def _augment_image(frame: torch.Tensor, rng: random.Random, size: int) -> torch.
     )[0]
 
 
+LATENT_SUFFIX = ".latent.npy"  # ``tgt.latent.npy`` / ``src.latent.npy``: written by ``vidiff-prep latents``
+
+
+def is_latent_sample(raw: dict[str, Any]) -> bool:
+    return "tgt" + LATENT_SUFFIX in raw
+
+
 def decode_sample(
     raw: dict[str, Any], task: str, options: ClipOptions, rng: random.Random | None = None
 ) -> dict[str, Any]:
@@ -154,12 +161,13 @@ def decode_sample(
 
     Returns ``target`` ``[3, F, S, S]`` uint8 (see :func:`to_model_range`), ``source`` (absent for ``t2v``), ``instruction``,
     ``image`` ``[3, S, S]`` in [0, 1] with ``has_image``, ``mask`` ``[F, S, S]`` for ``rvos``, ``key``, ``task``.
+    A latent sample (see :func:`decode_latent_sample`) gives latents instead of ``target`` and ``source``.
     """
     rng = rng or random.Random()
+    if is_latent_sample(raw):
+        return decode_latent_sample(raw, task, options, rng)
     meta = json.loads(raw["json"])
-    n_stored = int(meta["num_frames"])
-    span = (options.num_frames - 1) * options.frame_stride + 1
-    start = rng.randint(0, max(0, n_stored - span)) if options.train else 0
+    start = _window_start(meta, options, rng)
     target = decode_frames(raw["tgt.mp4"], start, options.num_frames, options.frame_stride)
     source = (
         decode_frames(raw["src.mp4"], start, options.num_frames, options.frame_stride) if "src.mp4" in raw else None
@@ -167,8 +175,7 @@ def decode_sample(
     mask = None
     if "mask.npy.gz" in raw:
         full = decode_mask(raw["mask.npy.gz"], int(meta["width"]))
-        idx = [min(start + i * options.frame_stride, len(full) - 1) for i in range(options.num_frames)]
-        mask = full[idx]
+        mask = full[_frame_indices(start, options, len(full))]
 
     h, w = target.shape[1:3]
     short = min(h, w)
@@ -196,6 +203,92 @@ def decode_sample(
         )
         out["mask"] = m.flip(-1) if flip else m
 
+    def target_frame(index: int) -> torch.Tensor:
+        return out["target"][:, index].float() / 255.0
+
+    return _instruction_and_image(out, raw, meta, task, options, rng, target_frame)
+
+
+def _window_start(meta: dict[str, Any], options: ClipOptions, rng: random.Random) -> int:
+    span = (options.num_frames - 1) * options.frame_stride + 1
+    return rng.randint(0, max(0, int(meta["num_frames"]) - span)) if options.train else 0
+
+
+def _frame_indices(start: int, options: ClipOptions, stored: int) -> list[int]:
+    """The window's frame indices; clips shorter than the window repeat their last frame."""
+    return [min(start + i * options.frame_stride, stored - 1) for i in range(options.num_frames)]
+
+
+def decode_latent_sample(raw: dict[str, Any], task: str, options: ClipOptions, rng: random.Random) -> dict[str, Any]:
+    """A sample of a latent shard (``vidiff-prep latents``) -> the posterior of the chosen window and crop.
+
+    Returns ``target_latents`` and ``target_latents_std`` ``[c, F, s, s]`` (unscaled posterior mean and standard
+    deviation, ``s = resolution / k`` for the autoencoder's factor ``k``), ``source_latents`` (the mean, what
+    ``encode_video`` gives a source), ``autoencoder`` (the fingerprint that wrote them) and the same instruction,
+    image and long-video fields as :func:`decode_sample`.
+
+    The latents were encoded once from the stored frames, so a crop is a window of whole latents at the stored
+    scale: ``crop_scale``'s rescaling does not apply, and ``hflip`` is refused (a flipped latent is not the latent of
+    the flipped frame).
+    """
+    if options.hflip and options.train:
+        raise VIDiffError("data: hflip cannot be applied to latent shards (a flipped latent is not the latent of "
+                          "the flipped frame); set hflip: false or train from the pixel shards")  # fmt: skip
+    meta = json.loads(raw["json"])
+    latent = meta.get("latent") or {}
+    factor = int(latent.get("factor", 0))
+    if factor < 1:
+        raise ValueError("latent sample without its latent.factor in the json member")
+    if options.resolution % factor:
+        raise VIDiffError(
+            f"data.resolution={options.resolution} is not a multiple of the latent shards' factor {factor}"
+        )
+    side = options.resolution // factor
+    target_stats = np.load(io.BytesIO(raw["tgt" + LATENT_SUFFIX]), allow_pickle=False)  # [2, f, c, h, w]
+    start = _window_start(meta, options, rng)
+    index = _frame_indices(start, options, target_stats.shape[1])
+    h, w = target_stats.shape[-2:]
+    if side > min(h, w):
+        raise ValueError(f"latent clip {h}x{w} is smaller than the {side}x{side} crop of data.resolution")
+    if options.train:
+        top, left = rng.randint(0, h - side), rng.randint(0, w - side)
+    else:
+        top, left = (h - side) // 2, (w - side) // 2
+
+    def window(stats: np.ndarray) -> torch.Tensor:
+        crop = stats[:, index, :, top : top + side, left : left + side]
+        return rearrange(torch.from_numpy(crop.astype(np.float32)), "two f c h w -> two c f h w")
+
+    target_mean, target_std = window(target_stats)
+    out: dict[str, Any] = {
+        "key": raw["__key__"],
+        "task": task,
+        "target_latents": target_mean,
+        "target_latents_std": target_std,
+        "autoencoder": str(latent.get("autoencoder", "")),
+    }
+    source_member = "src" + LATENT_SUFFIX
+    if source_member in raw:
+        out["source_latents"] = window(np.load(io.BytesIO(raw[source_member]), allow_pickle=False))[0]
+    if "mask.npy.gz" in raw:
+        full = decode_mask(raw["mask.npy.gz"], int(meta["width"]))
+        px = slice(top * factor, (top + side) * factor), slice(left * factor, (left + side) * factor)
+        out["mask"] = torch.from_numpy(full[index][:, px[0], px[1]].copy())
+
+    def target_frame(i: int) -> torch.Tensor:
+        # only an image instruction drawn from the target needs pixels: one frame of the stored clip, same crop
+        frame = decode_frames(raw["tgt.mp4"], index[i], 1)[0]
+        crop = frame[top * factor : (top + side) * factor, left * factor : (left + side) * factor]
+        return torch.from_numpy(crop).permute(2, 0, 1).float() / 255.0
+
+    return _instruction_and_image(out, raw, meta, task, options, rng, target_frame)
+
+
+def _instruction_and_image(
+    out: dict[str, Any], raw: dict[str, Any], meta: dict[str, Any], task: str, options: ClipOptions,
+    rng: random.Random, target_frame,
+) -> dict[str, Any]:  # fmt: skip
+    """The fields pixel and latent samples share: instruction (re-drawn), image instruction, long-video sample."""
     text = raw["txt"].decode("utf-8") if isinstance(raw["txt"], bytes) else str(raw["txt"])
     if options.train and options.paraphrase:
         text = redraw_instruction(task, text, meta, rng)
@@ -210,17 +303,19 @@ def decode_sample(
         )[0]
         has_image = True
     elif options.train and rng.random() < options.image_prob:
-        frame = out["target"][:, rng.randrange(options.num_frames)].float() / 255.0
+        frame = target_frame(rng.randrange(options.num_frames))
         image, has_image = _augment_image(frame, rng, options.resolution), True
     out["image"] = image if image is not None else torch.zeros(3, options.resolution, options.resolution)
     out["has_image"] = has_image
 
     # long-video training: the first n source frames become target frames, and the instruction says so
-    if options.train and source is not None and rng.random() < options.long_video_prob:
+    source_key, target_key = ("source", "target") if "source" in out else ("source_latents", "target_latents")
+    if options.train and source_key in out and rng.random() < options.long_video_prob:
         n = min(rng.choice(list(options.long_video_frames)), options.num_frames - 1)
         if n > 0:
-            out["source"] = out["source"].clone()
-            out["source"][:, :n] = out["target"][:, :n]
+            # a latent source is the posterior mean, which is exactly the target's mean for the same frame
+            out[source_key] = out[source_key].clone()
+            out[source_key][:, :n] = out[target_key][:, :n]
             text = continuation_instruction(text, n, template=rng.randrange(2))
             out["num_reference_frames"] = n
     out.setdefault("num_reference_frames", 0)
@@ -248,6 +343,8 @@ def warn_and_count(counter: dict[str, int]):
     """A WebDataset error handler that logs every bad sample (with its shard) and counts it; never silent."""
 
     def handler(exn: Exception) -> bool:
+        if isinstance(exn, VIDiffError):  # a configuration the shards cannot serve, not one bad sample
+            raise exn
         counter["errors"] = counter.get("errors", 0) + 1
         log.warning("skipping a bad sample (%d so far): %s", counter["errors"], " ".join(str(exn).split())[:200])
         return True

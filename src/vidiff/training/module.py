@@ -26,9 +26,10 @@ from einops import rearrange
 from torchmetrics import MeanMetric
 
 from vidiff.data.shards import to_model_range
-from vidiff.errors import ModelLoadError
+from vidiff.errors import ModelLoadError, VIDiffError
 from vidiff.evaluation.metrics.pixel import video_psnr
 from vidiff.models import VIDiffModel
+from vidiff.models.autoencoder import autoencoder_fingerprint, sample_latents
 from vidiff.models.unet import is_temporal_parameter
 from vidiff.pipelines.vidiff_pipeline import tensor_to_frames
 from vidiff.training.objective import (
@@ -41,6 +42,11 @@ from vidiff.training.optim import adamw_with_warmup
 
 
 STAGES = ("t2i", "t2v", "v2v")
+
+
+def batch_size(batch: dict[str, Any]) -> int:
+    """Samples in a batch of pixels or of latents."""
+    return len(batch["target"] if "target" in batch else batch["target_latents"])
 
 
 def trainable_filter(stage: str):
@@ -58,12 +64,14 @@ def load_init_weights(model: VIDiffModel, path: str | Path) -> None:
     """Start from a previous stage: a VIDiff model directory or a Lightning checkpoint (``weights_only``)."""
     path = Path(path)
     if path.is_dir():
-        state = VIDiffModel.from_pretrained(path).state_dict()
+        source = VIDiffModel.from_pretrained(path)
+        state, scaling_factor = source.state_dict(), source.vae.config.scaling_factor
     elif path.is_file():
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         if "state_dict" not in checkpoint:
             raise ModelLoadError(f"{path}: not a Lightning checkpoint (no state_dict)")
         state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+        scaling_factor = checkpoint.get("vae_scaling_factor")
     else:
         raise ModelLoadError(f"{path}: stage.init_from does not exist")
     missing, unexpected = model.load_state_dict(state, strict=False)
@@ -72,6 +80,9 @@ def load_init_weights(model: VIDiffModel, path: str | Path) -> None:
             f"{path}: weights do not fit this model ({len(missing)} missing, {len(unexpected)} unexpected, e.g. "
             f"{(list(missing) + list(unexpected))[0]}); was it trained with another model preset?"
         )
+    if scaling_factor is not None:
+        # a config value, not a weight: the autoencoder stage's calibration would otherwise be lost here
+        model.vae.register_to_config(scaling_factor=float(scaling_factor))
 
 
 class VIDiffModule(L.LightningModule):
@@ -204,17 +215,47 @@ class VIDiffModule(L.LightningModule):
         rank = self.global_rank if self._trainer is not None else 0
         return step_generator(self.hparams.seed, self.micro_step(batch), rank, self.device)
 
-    def shared_step(self, batch: dict[str, Any]) -> torch.Tensor:
-        generator = self.batch_generator(batch)
+    def autoencoder_fingerprint(self) -> str:
+        """The frozen autoencoder's fingerprint (computed once: no diffusion stage changes the VAE)."""
+        if getattr(self, "_autoencoder_fingerprint", None) is None:
+            self._autoencoder_fingerprint = autoencoder_fingerprint(self.model.vae)
+        return self._autoencoder_fingerprint
+
+    def batch_latents(self, batch: dict[str, Any], generator: torch.Generator):
+        """Scaled (target, source) latents of a batch: encoded here from pixels, or read from a latent shard's
+        posterior (``vidiff-prep latents``), which must come from this model's autoencoder."""
+        source_latents = None
+        scale = self.model.vae.config.scaling_factor
+        if "target_latents" in batch:
+            expected = self.autoencoder_fingerprint()
+            written_by = set(batch.get("autoencoder") or [""])
+            if written_by != {expected}:
+                raise VIDiffError(
+                    f"latent shards of task {batch.get('task')!r} were encoded by autoencoder "
+                    f"{', '.join(sorted(written_by))}, this model's is {expected}: re-run `vidiff-prep latents` "
+                    "with this model, or train from the pixel shards"
+                )
+            mean = batch["target_latents"].to(self.device)
+            std = batch["target_latents_std"].to(self.device)
+            if self.stage == "t2i":
+                mean, std = mean[:, :, :1], std[:, :, :1]
+            latents = sample_latents(mean, std, scale, generator).to(self.model.dtype)
+            if self.stage == "v2v" and "source_latents" in batch:
+                source_latents = (batch["source_latents"].to(self.device) * scale).to(self.model.dtype)
+            return latents, source_latents
         target = to_model_range(batch["target"].to(self.device))
         if self.stage == "t2i":
             target = target[:, :, :1]  # image stage: one frame per sample
         with torch.no_grad():
             latents = self.model.encode_video(target, sample=True, generator=generator)
-            source_latents = None
             if self.stage == "v2v" and "source" in batch:
                 source = to_model_range(batch["source"].to(self.device))
                 source_latents = self.model.encode_video(source)
+        return latents, source_latents
+
+    def shared_step(self, batch: dict[str, Any]) -> torch.Tensor:
+        generator = self.batch_generator(batch)
+        latents, source_latents = self.batch_latents(batch, generator)
         objective, scheduler = self.objective, self.model.noise_scheduler
         noise = objective.sample_noise(latents, generator)
         timesteps = objective.sample_timesteps(latents.shape[0], scheduler, generator, self.device)
@@ -234,7 +275,7 @@ class VIDiffModule(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self.shared_step(batch)
         task = batch["task"]
-        bs = batch["target"].shape[0]
+        bs = batch_size(batch)
         # every rank trains the same task at a given step (TaskSchedule), so per-task sync never deadlocks
         self.log("train/loss", loss, prog_bar=True, batch_size=bs, sync_dist=True)
         self.log(f"train/{task}/loss", loss, batch_size=bs, sync_dist=True)
@@ -269,6 +310,7 @@ class VIDiffModule(L.LightningModule):
             self.ema.restore(self.trainable_parameters())
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["vae_scaling_factor"] = float(self.model.vae.config.scaling_factor)
         if self.ema is not None:
             checkpoint["ema"] = self.ema.state_dict()
 
@@ -314,7 +356,7 @@ class VIDiffModule(L.LightningModule):
         if "source" not in batch or self.stage != "v2v":
             # a fixed draw per validation batch, so validation losses are comparable between evaluations
             loss = self.shared_step({**batch, "step": -1 - batch_idx})
-            self.log(f"val/{task}/loss", loss, batch_size=batch["target"].shape[0], add_dataloader_idx=False)
+            self.log(f"val/{task}/loss", loss, batch_size=batch_size(batch), add_dataloader_idx=False)
             return
         with self.ema_scope():
             output = self.translate(batch)
@@ -340,9 +382,14 @@ class VIDiffModule(L.LightningModule):
     def log_videos(self, batch: dict[str, Any], n: int = 2) -> dict[str, torch.Tensor]:
         """``source | output | target`` side by side, ``[b, 3, f, h, 3w]`` in [-1, 1], for the video logger."""
         batch = {k: (v[:n] if isinstance(v, torch.Tensor | list) else v) for k, v in batch.items()}
-        target = to_model_range(batch["target"].to(self.device))
+        if "source_latents" in batch:  # a latent shard's batch: show what the autoencoder makes of its latents
+            scale = self.model.vae.config.scaling_factor
+            for name in ("source", "target"):
+                decoded = self.model.decode_latents(batch[f"{name}_latents"].to(self.device) * scale)
+                batch[name] = ((decoded.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
         if "source" not in batch:
             return {}
+        target = to_model_range(batch["target"].to(self.device))
         with self.ema_scope():
             output = self.translate(batch, num_inference_steps=min(10, self.hparams.val_inference_steps))
         source = to_model_range(batch["source"].to(self.device))

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from vidiff.data.shards import to_model_range
+from vidiff.errors import VIDiffError
 from vidiff.models import VIDiffModel
 from vidiff.training.module import load_init_weights
 from vidiff.training.objective import step_generator
@@ -82,6 +83,11 @@ class VAEModule(L.LightningModule):
 
     def frames_of(self, batch: dict[str, Any]) -> torch.Tensor:
         """``[n, 3, h, w]`` in [-1, 1]: frames of the targets and sources, evenly spaced, at most ``frames_per_step``."""
+        if "target" not in batch:
+            raise VIDiffError(
+                f"the autoencoder stage trains on pixels, but task {batch.get('task')!r} reads latent shards "
+                "(vidiff-prep latents): point it at the pixel shards"
+            )
         videos = [batch["target"]] + ([batch["source"]] if "source" in batch else [])
         frames = torch.cat([rearrange(v, "b c f h w -> (b f) c h w") for v in videos])
         n = min(len(frames), int(self.hparams.frames_per_step))
@@ -126,10 +132,19 @@ class VAEModule(L.LightningModule):
             add_dataloader_idx=False,
         )
 
+    def latent_scaling_factor(self) -> float | None:
+        """1 / std of the latents seen so far (``None`` before the first step)."""
+        return 1.0 / math.sqrt(float(self.latent_var)) if self.latent_var > 0 else None
+
     def on_train_end(self) -> None:
-        if self.latent_var > 0:
-            scale = 1.0 / math.sqrt(float(self.latent_var))
+        scale = self.latent_scaling_factor()
+        if scale is not None:
             self.model.vae.register_to_config(scaling_factor=scale)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # what the exported model will carry, so a next stage started from this checkpoint encodes the same way
+        scale = self.latent_scaling_factor()
+        checkpoint["vae_scaling_factor"] = scale if scale is not None else float(self.model.vae.config.scaling_factor)
 
     @contextlib.contextmanager
     def ema_scope(self):

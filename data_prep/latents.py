@@ -1,0 +1,253 @@
+"""``vidiff-prep latents``: shards with the frozen autoencoder's latents of every clip, for U-Net-only training.
+
+After the autoencoder is fixed (Stable Diffusion's as released, or the tiny preset's after its own stage), every
+T2V and V2V step would encode the same stored clips again. This writes, beside each shard, a copy that also holds
+the posterior (mean and standard deviation) of every frame of its target and source clips::
+
+    vidiff-prep latents --model outputs/vae/model --shards data/ --out data-latents/ --split train
+
+    <out>/<task>/<same shard name>      every member of the input sample, plus
+        tgt.latent.npy, src.latent.npy  [2, frames, channels, h/k, w/k] (mean, std), unscaled, float16 by default
+        json                            gains "latent": {"autoencoder": <fingerprint>, "factor": k, "dtype": ...}
+    <out>/<task>/latents.json           the fingerprint and which input shard (by SHA-256) each output came from
+    <out>/reports/latents.json          samples written and every skip with its reason
+
+Point training at ``<out>`` (``paths.data_dir=<out>``): the datamodule crops and windows the latents, samples the
+target posterior per step, and the training module refuses latents whose fingerprint is not its own autoencoder's.
+Frames are encoded at their stored size (cropped to a multiple of ``k`` at the bottom and right), which is the
+scale training then sees. Rerunning skips shards already converted from the same input by the same autoencoder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from einops import rearrange
+
+from vidiff.data.shards import LATENT_SUFFIX, to_model_range
+from vidiff.data_prep.runner import ShardFile, update_sizes
+from vidiff.errors import VIDiffError
+from vidiff.models.autoencoder import autoencoder_fingerprint, downsample_factor, latent_posterior
+from vidiff.utils.files import write_json_atomic
+
+
+log = logging.getLogger(__name__)
+HELP = "add the frozen autoencoder's latents to prepared shards (U-Net-only training steps)"
+DTYPES = {"float16": np.float16, "float32": np.float32}
+MANIFEST = "latents.json"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="a VIDiff model directory or Stable Diffusion folder (its vae/), or an AutoencoderKL folder",
+    )
+    parser.add_argument("--shards", required=True, help="prepared shards: a data folder of task subfolders, or one task folder")
+    parser.add_argument("--out", required=True, help="output folder (task subfolders as in --shards)")
+    parser.add_argument("--split", default="train", help="convert the shards of this split (default %(default)s)")
+    parser.add_argument("--tasks", default=None, help="comma-separated task folders (default: every one found)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float16", help="stored precision (default %(default)s)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default %(default)s)")
+    parser.add_argument("--chunk-frames", type=int, default=16, help="frames per encoder call (default %(default)s)")
+    parser.add_argument("--overwrite", action="store_true", help="replace latents of another autoencoder in --out")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def load_autoencoder(path: Path):
+    """``AutoencoderKL`` from a model folder with a ``vae/`` subfolder, or from the autoencoder's own folder."""
+    from diffusers import AutoencoderKL
+
+    folder = path / "vae" if (path / "vae").is_dir() else path
+    config = folder / "config.json"
+    if not config.is_file():
+        raise VIDiffError(f"{path}: no autoencoder here (neither vae/config.json nor config.json) (--model)")
+    try:
+        class_name = json.loads(config.read_text()).get("_class_name")
+    except json.JSONDecodeError as err:
+        raise VIDiffError(f"{config}: invalid JSON ({err})") from None
+    if class_name != "AutoencoderKL":
+        raise VIDiffError(f"{config}: not an AutoencoderKL (class {class_name!r}) (--model)")
+    try:
+        return AutoencoderKL.from_pretrained(folder, use_safetensors=True, local_files_only=True).eval()
+    except (OSError, ValueError) as err:
+        raise VIDiffError(f"{folder}: cannot load the autoencoder ({' '.join(str(err).split())[:200]})") from None
+
+
+def task_folders(shards: Path, split: str, tasks: list[str] | None) -> dict[str, list[Path]]:
+    """``{task: [shard, ...]}`` of ``split``: ``shards`` is a folder of task folders, or one task folder."""
+
+    def split_shards(folder: Path) -> list[Path]:
+        return sorted(p for p in folder.glob(f"*-{split}-[0-9]*.tar") if p.is_file())
+
+    if split_shards(shards):
+        found = {shards.name: split_shards(shards)}
+    else:
+        found = {p.name: split_shards(p) for p in sorted(shards.iterdir()) if p.is_dir() and split_shards(p)}
+    if tasks:
+        missing = [t for t in tasks if t not in found]
+        if missing:
+            raise VIDiffError(f"{shards}: no {split} shards for task(s) {', '.join(missing)} (--tasks)")
+        found = {t: found[t] for t in tasks}
+    if not found:
+        raise VIDiffError(f"{shards}: no *-{split}-NNNNNN.tar shards here or in its task folders (--shards, --split)")
+    return found
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def encode_clip_latents(vae, data: bytes, factor: int, chunk: int, dtype) -> np.ndarray:
+    """An encoded clip -> ``[2, f, c, h/k, w/k]`` (posterior mean, std) of every frame at its stored size."""
+    frames = _all_frames(data)
+    h, w = frames.shape[1] // factor * factor, frames.shape[2] // factor * factor
+    if h == 0 or w == 0:
+        raise ValueError(f"frames of {frames.shape[1]}x{frames.shape[2]} are smaller than the autoencoder's factor {factor}")
+    video = to_model_range(rearrange(torch.from_numpy(frames[:, :h, :w]), "f h w c -> f c h w"))
+    mean, std = latent_posterior(vae, video, chunk)
+    return torch.stack([mean, std]).cpu().numpy().astype(dtype)
+
+
+def _all_frames(data: bytes) -> np.ndarray:
+    import av
+
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.video[0]
+        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
+    if not frames:
+        raise ValueError("clip has no decodable frames")
+    return np.stack(frames)
+
+
+def latent_members(raw: dict[str, Any], vae, info: dict[str, Any], chunk: int, dtype) -> dict[str, Any]:
+    """One input sample's members with its latents added (``ValueError``/``KeyError`` for a bad sample)."""
+    members = {k: v for k, v in raw.items() if not k.startswith("__") or k == "__key__"}
+    meta = json.loads(members["json"])
+    if "tgt.mp4" not in members:
+        raise ValueError("no tgt.mp4 member")
+    for name in ("tgt", "src"):
+        if f"{name}.mp4" in members:
+            stats = encode_clip_latents(vae, members[f"{name}.mp4"], info["factor"], chunk, dtype)
+            members[name + LATENT_SUFFIX] = _npy(stats)
+    meta["latent"] = {**info, "height": int(stats.shape[-2]), "width": int(stats.shape[-1])}
+    members["json"] = json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8")
+    return members
+
+
+def convert_shard(src: Path, folder: Path, vae, info: dict[str, Any], chunk: int, dtype, bar=None):
+    """Write ``folder/<src.name>`` (atomically); returns (samples written, [{"key", "reason"}] skips)."""
+    import webdataset as wds
+
+    skips: list[dict[str, str]] = []
+
+    def on_error(exn: Exception) -> bool:
+        skips.append({"key": f"{src.name}", "reason": f"unreadable tar member ({' '.join(str(exn).split())[:160]})"})
+        return True
+
+    shard = ShardFile(folder, src.name)
+    try:
+        for raw in wds.tarfile_to_samples(handler=on_error)([{"url": str(src)}]):
+            key = raw.get("__key__", "?")
+            try:
+                with torch.no_grad():
+                    shard.write(latent_members(raw, vae, info, chunk, dtype))
+            except (ValueError, KeyError, json.JSONDecodeError) as err:
+                skips.append({"key": key, "reason": " ".join(str(err).split())[:200]})
+            if bar is not None:
+                bar.update(1)
+        written = shard.count
+        shard.publish()
+    except BaseException:
+        shard.abort()
+        raise
+    return written, skips
+
+
+def run(args) -> int:
+    from tqdm.auto import tqdm
+
+    from vidiff.utils.device import pick_device
+
+    if args.chunk_frames < 1:
+        raise VIDiffError(f"--chunk-frames must be at least 1 (got {args.chunk_frames})")
+    shards_root, out = Path(args.shards), Path(args.out)
+    if not shards_root.is_dir():
+        raise VIDiffError(f"{shards_root}: no such folder (--shards)")
+    if out.resolve() == shards_root.resolve():
+        raise VIDiffError(f"{out}: --out must differ from --shards (the latent shards keep the input's names)")
+    tasks = [t for t in args.tasks.split(",") if t] if args.tasks else None
+    found = task_folders(shards_root, args.split, tasks)
+    device = pick_device(args.device)
+    vae = load_autoencoder(Path(args.model)).to(device)
+    info = {
+        "autoencoder": autoencoder_fingerprint(vae),
+        "factor": downsample_factor(vae),
+        "dtype": args.dtype,
+        "scaling_factor": float(vae.config.scaling_factor),
+    }
+    dtype = DTYPES[args.dtype]
+    report: dict[str, Any] = {"autoencoder": info["autoencoder"], "split": args.split, "tasks": {}}
+    total_written = 0
+    for task, inputs in found.items():
+        folder = out / task
+        folder.mkdir(parents=True, exist_ok=True)
+        manifest_path = folder / MANIFEST
+        manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+        if manifest and manifest.get("autoencoder") != info["autoencoder"]:
+            if not args.overwrite:
+                raise VIDiffError(
+                    f"{folder}: holds latents of autoencoder {manifest.get('autoencoder')}, not of this model's "
+                    f"{info['autoencoder']}; pass --overwrite to replace them, or choose another --out"
+                )
+            for stale in manifest.get("shards", {}):
+                (folder / stale).unlink(missing_ok=True)
+            manifest = {}
+        manifest = {**info, "shards": manifest.get("shards", {})}
+        entry = {"written": 0, "skipped": 0, "reused": 0, "skips": []}
+        hashes = {src.name: file_sha256(src) for src in inputs}
+        todo = [s for s in inputs if manifest["shards"].get(s.name, {}).get("input_sha256") != hashes[s.name]
+                or not (folder / s.name).exists()]  # fmt: skip
+        entry["reused"] = len(inputs) - len(todo)
+        bar = tqdm(desc=f"latents {task}/{args.split}", unit="clip", disable=args.quiet or not todo)
+        for src in todo:
+            written, skips = convert_shard(src, folder, vae, info, args.chunk_frames, dtype, bar)
+            manifest["shards"][src.name] = {"input_sha256": hashes[src.name], "samples": written, "skipped": len(skips)}
+            update_sizes(folder, src.name, written)
+            write_json_atomic(manifest_path, manifest)
+            entry["written"] += written
+            entry["skipped"] += len(skips)
+            entry["skips"] += skips
+        bar.close()
+        total_written += entry["written"] + sum(
+            manifest["shards"][s.name]["samples"] for s in inputs if s not in todo
+        )
+        report["tasks"][task] = entry
+        reused = f", {entry['reused']} shard(s) already converted" if entry["reused"] else ""
+        print(f"{task}/{args.split}: {entry['written']} written, {entry['skipped']} skipped{reused}")
+        for skip in entry["skips"][:5]:
+            print(f"  skipped {skip['key']}: {skip['reason']}")
+        if entry["skipped"] > 5:
+            print(f"  ... {entry['skipped'] - 5} more skip(s) in the report")
+    report_path = write_json_atomic(out / "reports" / "latents.json", report)
+    print(f"autoencoder {info['autoencoder']} (factor {info['factor']}); report: {report_path}")
+    if total_written == 0:
+        raise VIDiffError(f"{shards_root}: no sample could be encoded (see {report_path})")
+    return 0
