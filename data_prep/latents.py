@@ -4,7 +4,7 @@ After the autoencoder is fixed (Stable Diffusion's as released, or the tiny pres
 T2V and V2V step would encode the same stored clips again. This writes, beside each shard, a copy that also holds
 the posterior (mean and standard deviation) of every frame of its target and source clips::
 
-    vidiff-prep latents --model outputs/vae/model --shards data/ --out data-latents/ --split train
+    vidiff-prep latents --model outputs/vae/model --shards data/ --out data-latents/
 
     <out>/<task>/<same shard name>      every member of the input sample, plus
         tgt.latent.npy, src.latent.npy  [2, frames, channels, h/k, w/k] (mean, std), unscaled, float16 by default
@@ -12,8 +12,9 @@ the posterior (mean and standard deviation) of every frame of its target and sou
     <out>/<task>/latents.json           the fingerprint and which input shard (by SHA-256) each output came from
     <out>/reports/latents.json          samples written and every skip with its reason
 
-Point training at ``<out>`` (``paths.data_dir=<out>``): the datamodule crops and windows the latents, samples the
-target posterior per step, and the training module refuses latents whose fingerprint is not its own autoencoder's.
+Point training at ``<out>`` (``paths.data_dir=<out>``): training batches crop and window the latents and sample
+the target posterior per step, and the training module refuses latents whose fingerprint is not its own
+autoencoder's. Validation and evaluation read the pixels the latent shards keep, exactly as from ``--shards``.
 Frames are encoded at their stored size (cropped to a multiple of ``k`` at the bottom and right), which is the
 scale training then sees. Rerunning skips shards already converted from the same input by the same autoencoder.
 """
@@ -50,11 +51,19 @@ def add_arguments(parser) -> None:
         required=True,
         help="a VIDiff model directory or Stable Diffusion folder (its vae/), or an AutoencoderKL folder",
     )
-    parser.add_argument("--shards", required=True, help="prepared shards: a data folder of task subfolders, or one task folder")
+    parser.add_argument(
+        "--shards", required=True, help="prepared shards: a data folder of task subfolders, or one task folder"
+    )
     parser.add_argument("--out", required=True, help="output folder (task subfolders as in --shards)")
-    parser.add_argument("--split", default="train", help="convert the shards of this split (default %(default)s)")
+    parser.add_argument(
+        "--split",
+        default=None,
+        help="convert only this split (default: every split; validation reads the pixels the latent shards keep)",
+    )
     parser.add_argument("--tasks", default=None, help="comma-separated task folders (default: every one found)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float16", help="stored precision (default %(default)s)")
+    parser.add_argument(
+        "--dtype", choices=sorted(DTYPES), default="float16", help="stored precision (default %(default)s)"
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default %(default)s)")
     parser.add_argument("--chunk-frames", type=int, default=16, help="frames per encoder call (default %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="replace latents of another autoencoder in --out")
@@ -84,8 +93,10 @@ def load_autoencoder(path: Path):
 def task_folders(shards: Path, split: str, tasks: list[str] | None) -> dict[str, list[Path]]:
     """``{task: [shard, ...]}`` of ``split``: ``shards`` is a folder of task folders, or one task folder."""
 
+    pattern = f"*-{split}-[0-9]*.tar" if split else "*-*-[0-9]*.tar"
+
     def split_shards(folder: Path) -> list[Path]:
-        return sorted(p for p in folder.glob(f"*-{split}-[0-9]*.tar") if p.is_file())
+        return sorted(p for p in folder.glob(pattern) if p.is_file())
 
     if split_shards(shards):
         found = {shards.name: split_shards(shards)}
@@ -94,10 +105,10 @@ def task_folders(shards: Path, split: str, tasks: list[str] | None) -> dict[str,
     if tasks:
         missing = [t for t in tasks if t not in found]
         if missing:
-            raise VIDiffError(f"{shards}: no {split} shards for task(s) {', '.join(missing)} (--tasks)")
+            raise VIDiffError(f"{shards}: no {split or ''} shards for task(s) {', '.join(missing)} (--tasks)")
         found = {t: found[t] for t in tasks}
     if not found:
-        raise VIDiffError(f"{shards}: no *-{split}-NNNNNN.tar shards here or in its task folders (--shards, --split)")
+        raise VIDiffError(f"{shards}: no {pattern} shards here or in its task folders (--shards, --split)")
     return found
 
 
@@ -120,7 +131,9 @@ def encode_clip_latents(vae, data: bytes, factor: int, chunk: int, dtype) -> np.
     frames = _all_frames(data)
     h, w = frames.shape[1] // factor * factor, frames.shape[2] // factor * factor
     if h == 0 or w == 0:
-        raise ValueError(f"frames of {frames.shape[1]}x{frames.shape[2]} are smaller than the autoencoder's factor {factor}")
+        raise ValueError(
+            f"frames of {frames.shape[1]}x{frames.shape[2]} are smaller than the autoencoder's factor {factor}"
+        )
     video = to_model_range(rearrange(torch.from_numpy(frames[:, :h, :w]), "f h w c -> f c h w"))
     mean, std = latent_posterior(vae, video, chunk)
     return torch.stack([mean, std]).cpu().numpy().astype(dtype)
@@ -204,7 +217,7 @@ def run(args) -> int:
         "scaling_factor": float(vae.config.scaling_factor),
     }
     dtype = DTYPES[args.dtype]
-    report: dict[str, Any] = {"autoencoder": info["autoencoder"], "split": args.split, "tasks": {}}
+    report: dict[str, Any] = {"autoencoder": info["autoencoder"], "split": args.split or "all", "tasks": {}}
     total_written = 0
     for task, inputs in found.items():
         folder = out / task
@@ -226,22 +239,24 @@ def run(args) -> int:
         todo = [s for s in inputs if manifest["shards"].get(s.name, {}).get("input_sha256") != hashes[s.name]
                 or not (folder / s.name).exists()]  # fmt: skip
         entry["reused"] = len(inputs) - len(todo)
-        bar = tqdm(desc=f"latents {task}/{args.split}", unit="clip", disable=args.quiet or not todo)
+        bar = tqdm(desc=f"latents {task}", unit="clip", disable=args.quiet or not todo)
         for src in todo:
             written, skips = convert_shard(src, folder, vae, info, args.chunk_frames, dtype, bar)
-            manifest["shards"][src.name] = {"input_sha256": hashes[src.name], "samples": written, "skipped": len(skips)}
+            manifest["shards"][src.name] = {
+                "input_sha256": hashes[src.name],
+                "samples": written,
+                "skipped": len(skips),
+            }
             update_sizes(folder, src.name, written)
             write_json_atomic(manifest_path, manifest)
             entry["written"] += written
             entry["skipped"] += len(skips)
             entry["skips"] += skips
         bar.close()
-        total_written += entry["written"] + sum(
-            manifest["shards"][s.name]["samples"] for s in inputs if s not in todo
-        )
+        total_written += entry["written"] + sum(manifest["shards"][s.name]["samples"] for s in inputs if s not in todo)
         report["tasks"][task] = entry
         reused = f", {entry['reused']} shard(s) already converted" if entry["reused"] else ""
-        print(f"{task}/{args.split}: {entry['written']} written, {entry['skipped']} skipped{reused}")
+        print(f"{task}: {entry['written']} written, {entry['skipped']} skipped{reused}")
         for skip in entry["skips"][:5]:
             print(f"  skipped {skip['key']}: {skip['reason']}")
         if entry["skipped"] > 5:

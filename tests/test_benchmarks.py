@@ -36,3 +36,16 @@ def test_cpu_suite_runs(tmp_path):
     results = json.loads((tmp_path / "cpu_suite.json").read_text())
     assert results["overhead"]["ratio"] >= 1.0 and results["guidance"]["speedup"] > 0
     assert "edit wall time" in (tmp_path / "cpu_suite.md").read_text()
+
+
+@pytest.mark.slow
+def test_latent_training_benchmark_runs(tiny_shards, tmp_path):
+    from vidiff.config import load_model_preset
+
+    model = load_model_preset("tiny").save_pretrained(tmp_path / "model")
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "latent_training.py"), "--shards", str(tiny_shards),
+           "--model", str(model), "--experiment", "smoke", "--steps", "2", "--warmup", "1"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout)
+    assert set(result["rows"]) == {"pixel shards", "latent shards"} and result["speed-up"] > 0

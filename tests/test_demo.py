@@ -72,3 +72,13 @@ def test_demo_loop_end_to_end(tmp_path):
     assert "stage.init_from=" + str(out / "runs" / "vae" / "model") in proc.stderr
     assert "stage.init_from=" + str(out / "runs" / "t2v" / "model") in proc.stderr
     assert (out / "runs" / "v2v" / "model").is_dir()
+    # T2V and V2V train from latents the trained autoencoder wrote, and keep that autoencoder (scale included)
+    assert f"paths.data_dir={out / 'latents'}" in proc.stderr
+    from vidiff.models import VIDiffModel
+    from vidiff.models.autoencoder import autoencoder_fingerprint
+
+    trained_vae = VIDiffModel.from_pretrained(out / "runs" / "vae" / "model").vae
+    final_vae = VIDiffModel.from_pretrained(out / "runs" / "v2v" / "model").vae
+    manifest = json.loads((out / "latents" / "dehaze" / "latents.json").read_text())
+    assert manifest["autoencoder"] == autoencoder_fingerprint(trained_vae) == autoencoder_fingerprint(final_vae)
+    assert final_vae.config.scaling_factor == trained_vae.config.scaling_factor != 0.18215

