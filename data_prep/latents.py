@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from einops import rearrange
 
-from vidiff.data.shards import LATENT_SUFFIX, to_model_range
+from vidiff.data.shards import LATENT_SUFFIX, decode_frames, to_model_range
 from vidiff.data_prep.runner import ShardFile, update_sizes
 from vidiff.errors import VIDiffError
 from vidiff.models.autoencoder import autoencoder_fingerprint, downsample_factor, latent_posterior
@@ -126,9 +126,9 @@ def _npy(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def encode_clip_latents(vae, data: bytes, factor: int, chunk: int, dtype) -> np.ndarray:
+def encode_clip_latents(vae, data: bytes, num_frames: int, factor: int, chunk: int, dtype) -> np.ndarray:
     """An encoded clip -> ``[2, f, c, h/k, w/k]`` (posterior mean, std) of every frame at its stored size."""
-    frames = _all_frames(data)
+    frames = decode_frames(data, 0, num_frames)
     h, w = frames.shape[1] // factor * factor, frames.shape[2] // factor * factor
     if h == 0 or w == 0:
         raise ValueError(
@@ -139,17 +139,6 @@ def encode_clip_latents(vae, data: bytes, factor: int, chunk: int, dtype) -> np.
     return torch.stack([mean, std]).cpu().numpy().astype(dtype)
 
 
-def _all_frames(data: bytes) -> np.ndarray:
-    import av
-
-    with av.open(io.BytesIO(data)) as container:
-        stream = container.streams.video[0]
-        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
-    if not frames:
-        raise ValueError("clip has no decodable frames")
-    return np.stack(frames)
-
-
 def latent_members(raw: dict[str, Any], vae, info: dict[str, Any], chunk: int, dtype) -> dict[str, Any]:
     """One input sample's members with its latents added (``ValueError``/``KeyError`` for a bad sample)."""
     members = {k: v for k, v in raw.items() if not k.startswith("__") or k == "__key__"}
@@ -158,7 +147,9 @@ def latent_members(raw: dict[str, Any], vae, info: dict[str, Any], chunk: int, d
         raise ValueError("no tgt.mp4 member")
     for name in ("tgt", "src"):
         if f"{name}.mp4" in members:
-            stats = encode_clip_latents(vae, members[f"{name}.mp4"], info["factor"], chunk, dtype)
+            stats = encode_clip_latents(
+                vae, members[f"{name}.mp4"], int(meta["num_frames"]), info["factor"], chunk, dtype
+            )
             members[name + LATENT_SUFFIX] = _npy(stats)
     meta["latent"] = {**info, "height": int(stats.shape[-2]), "width": int(stats.shape[-1])}
     members["json"] = json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8")
