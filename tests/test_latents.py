@@ -238,3 +238,25 @@ def test_training_from_latent_shards_runs_and_the_vae_stage_refuses_them(latent_
     )  # fmt: skip
     assert result.returncode == 2
     assert "the autoencoder stage trains on pixels" in result.stderr
+
+
+def test_a_configuration_error_while_decoding_stops_the_stream_instead_of_skipping_batches():
+    """A ``VIDiffError`` from a decoder (e.g. hflip on latent shards) fails every sample alike: it must surface, not
+    be counted as one corrupt batch after another."""
+    from vidiff.data.mixing import TaskSchedule, TaskScheduledMix
+    from vidiff.data.shards import collate, warn_and_count
+    from vidiff.errors import VIDiffError
+
+    def decoder(raw, rng):
+        raise VIDiffError("data: hflip cannot be applied to latent shards")
+
+    batches = iter([[{"__key__": f"k{i}"}] for i in range(3)])
+    mix = TaskScheduledMix({"dehaze": batches}, TaskSchedule({"dehaze": 1.0}, 0), decoders={"dehaze": decoder},
+                           collate=collate)  # fmt: skip
+    with pytest.raises(VIDiffError, match="hflip"):
+        next(iter(mix))
+    assert mix.decode_errors == 0
+    counter: dict[str, int] = {}
+    with pytest.raises(VIDiffError):
+        warn_and_count(counter)(VIDiffError("config"))
+    assert warn_and_count(counter)(ValueError("corrupt")) is True and counter["errors"] == 1
