@@ -30,6 +30,8 @@ from vidiff.overlay import render_overlay
 SOURCE = "video-folder"
 TASKS = SYNTHETIC_TASKS
 DEFAULT_TASKS = ",".join(RESTORATION_TASKS)
+# tasks whose source is a fixed function of the clip: a second draw would repeat the first sample
+DETERMINISTIC_TASKS = ("recolor",)
 HELP = "any folder of videos -> synthetic recolor/inpaint/dehaze/deblur (and edit) triplets"
 
 
@@ -47,6 +49,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="the last N segments of every training video form the 'tune' split: a validation split of the "
         "training videos, for choosing sampler settings without touching 'val' (default: 0)",
+    )
+    parser.add_argument(
+        "--draws",
+        type=int,
+        default=1,
+        metavar="N",
+        help="every training segment gives N samples per task, each with its own random degradation (hole "
+        "pattern, haze, blur kernel, style, objects): more degradations to learn from when footage is scarce. "
+        "'val' and 'tune' keep one draw, and so does recolor (grayscale has nothing to draw) (default: 1)",
     )
 
 
@@ -72,6 +83,9 @@ def make_jobs(root: Path, args: argparse.Namespace, options: PrepOptions) -> lis
     tune_segments = getattr(args, "tune_segments", 0)
     if tune_segments < 0:
         raise VIDiffError(f"--tune-segments {tune_segments}: must be 0 or more")
+    draws = getattr(args, "draws", 1)
+    if draws < 1:
+        raise VIDiffError(f"--draws {draws}: must be 1 or more")
     by_split: dict[str, list[Spec]] = {}
     for video in videos:
         rel = video.relative_to(root).as_posix()
@@ -87,10 +101,19 @@ def make_jobs(root: Path, args: argparse.Namespace, options: PrepOptions) -> lis
         # a training video keeps at least one training segment
         tune_from = max(1, len(spans) - tune_segments) if split != "val" else len(spans)
         for i, (start, end) in enumerate(spans):
-            by_split.setdefault(split if i < tune_from else "tune", []).append(
-                Spec(f"{stem}-{i:03d}", {"video": str(video), "start": start, "end": end})
-            )
-    return [Job(task, split, specs) for task in tasks for split, specs in sorted(by_split.items())]
+            segment_split = split if i < tune_from else "tune"
+            data = {"video": str(video), "start": start, "end": end}
+            # draw 0 keeps the plain key, so adding draws leaves the existing samples as they were
+            by_split.setdefault(segment_split, []).append(Spec(f"{stem}-{i:03d}", data))
+            if segment_split == train_split:
+                by_split[segment_split] += [
+                    Spec(f"{stem}-{i:03d}-draw{k}", {**data, "draw": k}) for k in range(1, draws)
+                ]
+    return [
+        Job(task, split, [s for s in specs if task not in DETERMINISTIC_TASKS or "draw" not in s.data])
+        for task in tasks
+        for split, specs in sorted(by_split.items())
+    ]
 
 
 class Degraded(NamedTuple):

@@ -146,6 +146,50 @@ def test_tune_split_holds_the_last_segment_of_training_videos(tmp_path, carphone
     assert prep_main([*args[:-1], "-1"]) == 2
 
 
+def test_draws_give_training_segments_fresh_degradations(tmp_path, carphone_frames):
+    """--draws N: N samples per training segment, each degraded anew; val/tune and recolor keep one."""
+    import webdataset as wds
+
+    from vidiff.cli.prep import main as prep_main
+    from vidiff.io import write_video
+
+    root = tmp_path / "videos"
+    root.mkdir()
+    write_video(root / "a.mp4", carphone_frames, 25)  # 8 frames -> 4 segments of 2: 3 train, 1 tune
+    write_video(root / "held.mp4", carphone_frames[:4], 25)
+    out = tmp_path / "shards"
+    args = ["video-folder", "--root", str(root), "--out", str(out), "--val-videos", "held*", "--tasks",
+            "recolor,dehaze", "--short-side", "32", "--max-frames", "2", "--min-frames", "1", "--tune-segments", "1",
+            "--draws", "3"]  # fmt: skip
+    assert prep_main(args) == 0
+    report = json.loads((out / "reports" / "video-folder.json").read_text())
+    written = {(j["task"], j["split"]): j["written"] for j in report["jobs"]}
+    assert written == {("dehaze", "train"): 9, ("dehaze", "tune"): 1, ("dehaze", "val"): 2,
+                       ("recolor", "train"): 3, ("recolor", "tune"): 1, ("recolor", "val"): 2}  # fmt: skip
+    samples = {}
+    for shard in sorted((out / "dehaze").glob("*-train-*.tar")):
+        for raw in wds.WebDataset(str(shard), shardshuffle=False, nodesplitter=None):
+            samples[raw["__key__"]] = raw
+    assert sorted(samples) == sorted(f"a-{i:03d}{d}" for i in range(3) for d in ("", "-draw1", "-draw2"))
+    hazes = {key: json.loads(raw["json"])["beta"] for key, raw in samples.items()}
+    # same clean target, different haze: the draws are seeded by their keys
+    from vidiff.data.shards import decode_frames
+
+    for i in range(3):
+        keys = [f"a-{i:03d}", f"a-{i:03d}-draw1", f"a-{i:03d}-draw2"]
+        targets = [decode_frames(samples[k]["tgt.mp4"], 0, 2) for k in keys]
+        sources = [decode_frames(samples[k]["src.mp4"], 0, 2) for k in keys]
+        assert all(np.array_equal(targets[0], t) for t in targets[1:])
+        assert len({s.tobytes() for s in sources}) == 3, [hazes[k] for k in keys]
+    # draw 0 is the sample a run without --draws writes
+    plain = tmp_path / "plain"
+    assert prep_main([*args[:4], str(plain), *args[5:-2]]) == 0
+    (shard,) = sorted((plain / "dehaze").glob("*-train-*.tar"))[:1]
+    first = next(iter(wds.WebDataset(str(shard), shardshuffle=False, nodesplitter=None)))
+    assert first["src.mp4"] == samples[first["__key__"]]["src.mp4"]
+    assert prep_main([*args[:-1], "0"]) == 2
+
+
 def test_guidance_skips_the_terms_its_scales_cancel(pipe, monkeypatch):
     """s_V = 1 needs no eps(∅,∅) and s_T = s_V = 1 only eps(V,T): fewer U-Net rows, the same video."""
     video = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)

@@ -325,3 +325,35 @@ def test_vidiff_edit_leaves_no_temp_files_and_keeps_odd_sizes(tmp_path):
     assert sorted(p.name for p in temp.iterdir()) == []
     info = probe_video(out)
     assert (info.height, info.width, info.num_frames) == (145, 177, 4)
+
+
+def test_cosine_lr_schedule_warms_up_then_decays_to_zero_at_max_steps(tiny_shards, tmp_path, monkeypatch):
+    """stage.lr_schedule=cosine: the learning rate of every optimizer step follows warm-up + half cosine, ending
+    at 0 on trainer.max_steps; an unknown schedule is refused when the module is built."""
+    import math
+
+    learning_rates: list[float] = []
+
+    def on_train_batch_start(self, batch, batch_idx):
+        learning_rates.append(self.optimizers().param_groups[0]["lr"])
+
+    monkeypatch.setattr(VIDiffModule, "on_train_batch_start", on_train_batch_start)
+    cfg = tiny_overrides(
+        tiny_shards,
+        tmp_path,
+        "trainer.max_steps=6",
+        "stage.lr=1e-3",
+        "stage.warmup_steps=2",
+        "stage.lr_schedule=cosine",
+        "~logger",
+        "~callbacks",
+        "trainer.limit_val_batches=0",
+        "export_model=false",
+        "data.select_tasks=[dehaze]",
+    )
+    run_train(compose_train(cfg))
+    expected = [1e-3 * s / 2 for s in range(2)]
+    expected += [1e-3 * 0.5 * (1 + math.cos(math.pi * (s - 2) / 4)) for s in range(2, 6)]
+    assert learning_rates == pytest.approx(expected, abs=1e-9)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        VIDiffModule(model=None, stage="v2v", lr_schedule="linear")

@@ -38,7 +38,7 @@ from vidiff.training.objective import (
     objective_of,
     step_generator,
 )
-from vidiff.training.optim import adamw_with_warmup
+from vidiff.training.optim import LR_SCHEDULES, adamw_with_warmup
 
 
 STAGES = ("t2i", "t2v", "v2v")
@@ -92,7 +92,8 @@ class VIDiffModule(L.LightningModule):
         model: the networks (built from ``conf/model``).
         stage: ``t2i``, ``t2v`` or ``v2v``.
         init_from: previous stage's model directory or checkpoint (``null``: the model as built).
-        lr, weight_decay, betas: AdamW settings; ``warmup_steps`` of linear LR warm-up, then constant.
+        lr, weight_decay, betas: AdamW settings; ``warmup_steps`` of linear LR warm-up, then ``lr_schedule``:
+            ``constant`` (the paper) or ``cosine`` (decays to 0 at the trainer's last step).
         objective: a :class:`~vidiff.training.objective.DiffusionObjective` (or its arguments): target, timestep
             weighting, offset noise.
         cond_dropout: a :class:`~vidiff.training.objective.ConditionDropout` (or ``{text_only, both,
@@ -115,6 +116,7 @@ class VIDiffModule(L.LightningModule):
         weight_decay: float = 1e-2,
         betas: Sequence[float] = (0.9, 0.999),
         warmup_steps: int = 0,
+        lr_schedule: str = "constant",
         objective: DiffusionObjective | Mapping[str, Any] | None = None,
         cond_dropout: ConditionDropout | Mapping[str, float] | None = None,
         ema_decay: float | None = 0.9999,
@@ -129,6 +131,8 @@ class VIDiffModule(L.LightningModule):
             raise ValueError(f"unknown stage {stage!r} (choose from {', '.join(STAGES)})")
         # plain Python values only: checkpoints must load with torch.load(weights_only=True)
         betas = [float(b) for b in betas]
+        if lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"unknown lr_schedule {lr_schedule!r} (choose from {', '.join(LR_SCHEDULES)})")
         self.objective = objective_of(objective)
         self.cond_dropout = ConditionDropout.of(cond_dropout)
         self.save_hyperparameters(ignore=["model", "objective", "cond_dropout"], logger=False)
@@ -159,7 +163,12 @@ class VIDiffModule(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        return adamw_with_warmup(self.trainable_parameters(), hp.lr, hp.weight_decay, hp.betas, hp.warmup_steps)
+        schedule = hp.get("lr_schedule", "constant")
+        # the cosine decay ends at the trainer's last optimizer step (max_steps, or epochs x batches)
+        total = self.trainer.estimated_stepping_batches if schedule == "cosine" else None
+        return adamw_with_warmup(
+            self.trainable_parameters(), hp.lr, hp.weight_decay, hp.betas, hp.warmup_steps, schedule, total
+        )
 
     def train(self, mode: bool = True) -> VIDiffModule:
         """Only the networks this stage trains follow ``mode``; the frozen VAE and CLIP encoders stay in eval

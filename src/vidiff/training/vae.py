@@ -25,7 +25,7 @@ from vidiff.errors import VIDiffError
 from vidiff.models import VIDiffModel
 from vidiff.training.module import load_init_weights
 from vidiff.training.objective import step_generator
-from vidiff.training.optim import adamw_with_warmup
+from vidiff.training.optim import LR_SCHEDULES, adamw_with_warmup
 
 
 class VAEModule(L.LightningModule):
@@ -35,6 +35,7 @@ class VAEModule(L.LightningModule):
         model: the networks; only ``model.vae`` trains.
         init_from: a model directory or checkpoint to start from.
         lr, weight_decay, betas, warmup_steps: AdamW with linear warm-up.
+        lr_schedule: after the warm-up, ``constant`` or ``cosine`` (decays to 0 at the last step).
         l1_weight, kl_weight: loss weights beside the MSE.
         frames_per_step: frames (from sources and targets) per step, drawn evenly from the batch.
         latent_momentum: momentum of the running latent variance that sets ``scaling_factor``.
@@ -48,6 +49,7 @@ class VAEModule(L.LightningModule):
         weight_decay: float = 0.0,
         betas: Sequence[float] = (0.9, 0.999),
         warmup_steps: int = 0,
+        lr_schedule: str = "constant",
         l1_weight: float = 0.5,
         kl_weight: float = 1e-6,
         frames_per_step: int = 16,
@@ -56,6 +58,8 @@ class VAEModule(L.LightningModule):
     ):
         super().__init__()
         betas = [float(b) for b in betas]
+        if lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"unknown lr_schedule {lr_schedule!r} (choose from {', '.join(LR_SCHEDULES)})")
         self.save_hyperparameters(ignore=["model"], logger=False)
         self.model = model
         if init_from:
@@ -68,7 +72,10 @@ class VAEModule(L.LightningModule):
     def configure_optimizers(self):
         hp = self.hparams
         params = [p for p in self.model.vae.parameters() if p.requires_grad]
-        return adamw_with_warmup(params, hp.lr, hp.weight_decay, hp.betas, hp.warmup_steps)
+        schedule = hp.get("lr_schedule", "constant")
+        # the cosine decay ends at the trainer's last optimizer step (max_steps, or epochs x batches)
+        total = self.trainer.estimated_stepping_batches if schedule == "cosine" else None
+        return adamw_with_warmup(params, hp.lr, hp.weight_decay, hp.betas, hp.warmup_steps, schedule, total)
 
     def train(self, mode: bool = True) -> VAEModule:
         """Only the VAE follows ``mode``; every other network stays in eval mode."""
