@@ -128,6 +128,27 @@ def test_min_snr_weights_follow_the_published_formula():
     assert DiffusionObjective().loss_weights(scheduler, t) is None
 
 
+def test_logit_normal_timesteps_follow_their_distribution():
+    """t/T = sigmoid(m + s·z): the sample quantiles match the logit-normal's; uniform stays torch.randint."""
+    import math
+
+    scheduler = DDPMScheduler(num_train_timesteps=1000)
+    n = 200_000
+    for mean, std in ((0.0, 1.0), (1.0, 1.0), (0.5, 0.6)):
+        objective = DiffusionObjective(timestep_sampling="logit_normal", logit_mean=mean, logit_std=std)
+        t = objective.sample_timesteps(n, scheduler, torch.Generator().manual_seed(0), "cpu")
+        assert t.dtype == torch.long and t.min() >= 0 and t.max() <= 999
+        for z, q in ((-1.2816, 0.1), (0.0, 0.5), (1.2816, 0.9)):  # normal quantiles
+            expected = 1000 / (1 + math.exp(-(mean + std * z)))
+            assert torch.quantile(t.float(), q).item() == pytest.approx(expected, abs=6), (mean, std, q)
+    uniform = DiffusionObjective().sample_timesteps(64, scheduler, torch.Generator().manual_seed(3), "cpu")
+    assert torch.equal(uniform, torch.randint(0, 1000, (64,), generator=torch.Generator().manual_seed(3)))
+    with pytest.raises(ValueError, match="timestep_sampling"):
+        DiffusionObjective(timestep_sampling="cosine")
+    with pytest.raises(ValueError, match="logit_std"):
+        DiffusionObjective(timestep_sampling="logit_normal", logit_std=0)
+
+
 def test_dropout_split_is_five_five_five_eighty_five():
     dropout = ConditionDropout(text_only=0.05, both=0.05, source_only=0.05)
     drop_text, drop_source = dropout.sample(20_000, torch.Generator().manual_seed(0), "cpu")

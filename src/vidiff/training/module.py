@@ -139,6 +139,9 @@ class VIDiffModule(L.LightningModule):
         self.hparams["objective"] = {
             "min_snr_gamma": self.objective.min_snr_gamma,
             "noise_offset": self.objective.noise_offset,
+            "timestep_sampling": self.objective.timestep_sampling,
+            "logit_mean": self.objective.logit_mean,
+            "logit_std": self.objective.logit_std,
         }
         self.hparams["cond_dropout"] = self.cond_dropout.as_dict()
         self.model = model

@@ -18,6 +18,7 @@ from diffusers import SchedulerMixin
 
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+TIMESTEP_SAMPLING = ("uniform", "logit_normal")
 
 
 def step_generator(seed: int, micro_step: int, rank: int = 0, device: torch.device | str = "cpu") -> torch.Generator:
@@ -37,17 +38,35 @@ class DiffusionObjective:
         min_snr_gamma: min-SNR-γ loss weighting (Hang et al. 2023; 5.0 is their default); ``None`` weighs every
             timestep equally.
         noise_offset: offset noise (a per-channel constant added to the noise); 0 = plain DDPM.
+        timestep_sampling: ``uniform`` (DDPM) or ``logit_normal`` (Esser et al. 2024, SD3): ``t/T = sigmoid(m + s·z)``
+            with ``z ~ N(0, 1)``, ``m = logit_mean``, ``s = logit_std``; ``m > 0`` spends more of the steps at high
+            noise, where a restoration model has to produce the output from the source alone.
 
     The target follows ``scheduler.config.prediction_type``: the noise (``epsilon``), the velocity
     ``√ᾱ·ε − √(1−ᾱ)·x0`` (``v_prediction``, via the scheduler's ``get_velocity``) or the clean latents
     (``sample``). The samplers read the same field, so training and sampling always agree.
     """
 
-    def __init__(self, min_snr_gamma: float | None = None, noise_offset: float = 0.0):
+    def __init__(
+        self,
+        min_snr_gamma: float | None = None,
+        noise_offset: float = 0.0,
+        timestep_sampling: str = "uniform",
+        logit_mean: float = 0.0,
+        logit_std: float = 1.0,
+    ):
         if min_snr_gamma is not None and min_snr_gamma <= 0:
             raise ValueError(f"min_snr_gamma must be positive or null, got {min_snr_gamma}")
+        if timestep_sampling not in TIMESTEP_SAMPLING:
+            raise ValueError(
+                f"unknown timestep_sampling {timestep_sampling!r} (choose from {', '.join(TIMESTEP_SAMPLING)})"
+            )
+        if logit_std <= 0:
+            raise ValueError(f"logit_std must be positive, got {logit_std}")
         self.min_snr_gamma = None if min_snr_gamma is None else float(min_snr_gamma)
         self.noise_offset = float(noise_offset)
+        self.timestep_sampling = timestep_sampling
+        self.logit_mean, self.logit_std = float(logit_mean), float(logit_std)
 
     @staticmethod
     def prediction_type(scheduler: SchedulerMixin) -> str:
@@ -66,7 +85,12 @@ class DiffusionObjective:
         return noise
 
     def sample_timesteps(self, n: int, scheduler: SchedulerMixin, generator: torch.Generator, device) -> torch.Tensor:
-        return torch.randint(0, scheduler.config.num_train_timesteps, (n,), generator=generator, device=device)
+        steps = scheduler.config.num_train_timesteps
+        if self.timestep_sampling == "uniform":
+            return torch.randint(0, steps, (n,), generator=generator, device=device)
+        z = torch.randn(n, generator=generator, device=device)
+        fraction = torch.sigmoid(self.logit_mean + self.logit_std * z)
+        return (fraction * steps).long().clamp(0, steps - 1)
 
     def target(
         self, scheduler: SchedulerMixin, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
@@ -111,7 +135,10 @@ class DiffusionObjective:
         return per_sample.mean()
 
     def __repr__(self) -> str:
-        return f"DiffusionObjective(min_snr_gamma={self.min_snr_gamma}, noise_offset={self.noise_offset})"
+        return (
+            f"DiffusionObjective(min_snr_gamma={self.min_snr_gamma}, noise_offset={self.noise_offset}, "
+            f"timestep_sampling={self.timestep_sampling!r}, logit_mean={self.logit_mean}, logit_std={self.logit_std})"
+        )
 
 
 class ConditionDropout:
