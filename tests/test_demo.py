@@ -15,7 +15,7 @@ from vidiff.io import probe_video
 
 def test_demo_loop_end_to_end(tmp_path):
     out = tmp_path / "demo"
-    args = ["--out", str(out), "--vae-steps", "4", "--t2v-steps", "2", "--v2v-steps", "4", "--steps", "1",
+    args = ["--out", str(out), "--vae-steps", "4", "--t2v-steps", "2", "--v2v-steps", "4", "--steps", "1,2",
             "--long-frames", "20", "--eval-videos", "1", "--stills", "1", "--no-progress"]  # fmt: skip
     proc = subprocess.run([sys.executable, "-m", "vidiff.demo", *args], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -24,19 +24,26 @@ def test_demo_loop_end_to_end(tmp_path):
     data = json.loads((out / "results.json").read_text())
     results = data["tasks"]
     assert set(results) == {"recolor", "inpaint", "dehaze", "deblur", "edit", "rvos"}
-    # guidance chosen on the tune split (training videos' last segments), and used for the held-out rows
+    # sampler steps and guidance chosen on the tune split (training videos' last segments): the best cell over
+    # every step count's grid (fewer steps on a tie), and used for the held-out rows
     chosen = json.loads((out / "tune" / "chosen.json").read_text())
     assert set(chosen) == set(results)
-    for task, scales in chosen.items():
-        grid = json.loads((out / "tune" / task / "guidance_grid.json").read_text())
-        best = max(
-            (v, s_t, s_v)
-            for row, s_t in zip(grid["values"], grid["text_scales"])
-            for v, s_v in zip(row, grid["video_scales"])
-        )
-        assert (scales["text_guidance_scale"], scales["video_guidance_scale"]) == best[1:], task
-        assert "split `val`" in (out / "eval" / task / "table.md").read_text()
-        assert f"s_T={scales['text_guidance_scale']}" in (out / "eval" / task / "table.md").read_text()
+    for task, pick in chosen.items():
+        cells = []
+        for steps in (1, 2):
+            grid = json.loads((out / "tune" / task / f"steps-{steps}" / "guidance_grid.json").read_text())
+            cells += [
+                (v, -steps, s_t, s_v)
+                for row, s_t in zip(grid["values"], grid["text_scales"])
+                for v, s_v in zip(row, grid["video_scales"])
+            ]
+        best = max(cells, key=lambda cell: cell[:2])
+        assert (pick["num_inference_steps"], pick["text_guidance_scale"], pick["video_guidance_scale"]) == (
+            -best[1], best[2], best[3]
+        ), task
+        table = (out / "eval" / task / "table.md").read_text()
+        assert "split `val`" in table and f"s_T={pick['text_guidance_scale']}" in table
+        assert f"sampling: {pick['num_inference_steps']} ddim steps" in table
     # the goal rows are computed from the numbers in the same file
     goals = {(g["task"], g["goal"]): g for g in data["goals"]}
     for task in ("dehaze", "inpaint"):
