@@ -39,7 +39,9 @@ def test_demo_loop_end_to_end(tmp_path):
             ]
         best = max(cells, key=lambda cell: cell[:2])
         assert (pick["num_inference_steps"], pick["text_guidance_scale"], pick["video_guidance_scale"]) == (
-            -best[1], best[2], best[3]
+            -best[1],
+            best[2],
+            best[3],
         ), task
         table = (out / "eval" / task / "table.md").read_text()
         assert "split `val`" in table and f"s_T={pick['text_guidance_scale']}" in table
