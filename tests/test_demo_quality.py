@@ -234,3 +234,26 @@ def test_pan_and_zoom_turns_a_photograph_into_smooth_footage():
     # the content is the photograph's: the first frame's colours are those of the photo, not a blank
     assert abs(frames[0].mean() - photo.mean()) < 40 and frames[0].std() > 20
     assert all(skimage_still(name).is_file() for name in SKIMAGE_STILLS)
+
+
+def test_demo_v2v_task_draw_follows_its_weights():
+    """The demo's V2V stage draws dehaze, inpaint and rvos 3x as often as recolor; its other stages draw evenly."""
+    from collections import Counter
+
+    from vidiff.config import compose_config
+    from vidiff.data.mixing import TaskSchedule
+
+    def draws(experiment: str) -> Counter:
+        cfg = compose_config("train", [f"experiment={experiment}", "paths.data_dir=/unused"])
+        schedule = TaskSchedule({name: task.weight for name, task in cfg.data.tasks.items()}, seed=0)
+        return Counter(schedule.task_of(step) for step in range(6000))
+
+    v2v = draws("demo/v2v")
+    # weights 1.5 x 3, 1 x 2, 0.5 (sum 7): expected per 6,000 draws 1,286 / 857 / 429, within 4 standard deviations
+    for task in ("dehaze", "inpaint", "rvos"):
+        assert 1160 < v2v[task] < 1410, v2v
+    for task in ("deblur", "edit"):
+        assert 750 < v2v[task] < 965, v2v
+    assert 350 < v2v["recolor"] < 510, v2v
+    vae = draws("demo/vae")
+    assert all(880 < vae[task] < 1120 for task in vae), vae  # 1,000 each, 4 s.d. = 115
