@@ -293,3 +293,30 @@ def test_vae_stage_learns_to_reconstruct_and_sets_the_latent_scale(tiny_shards, 
     with torch.no_grad():
         latents = trained.encode_video(video_to_tensor(held_out))
     assert 0.3 < float(latents.std()) < 3.0 and np.isfinite(scale)
+
+
+def test_vae_saturation_range_scales_chroma_and_keeps_luma():
+    """`stage.saturation_range`: each frame's chroma is scaled by its own seeded factor in the range; its luma (BT.601)
+    is unchanged, a factor of 0 gives grey frames, and a bad range is refused when the stage is built."""
+    from vidiff.config import load_model_preset
+    from vidiff.training.vae import VAEModule
+
+    model = load_model_preset("tiny")
+    frames = torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 1.6 - 0.8
+    weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    luma = (frames * weights).sum(1, keepdim=True)
+    chroma = frames - luma
+
+    stage = VAEModule(model, saturation_range=[0.2, 0.6])
+    varied = stage.vary_saturation(frames, micro_step=3)
+    assert torch.allclose((varied * weights).sum(1, keepdim=True), luma, atol=1e-5)
+    factors = ((varied - luma) * chroma).flatten(1).sum(1) / chroma.pow(2).flatten(1).sum(1)
+    assert torch.all(factors > 0.2 - 1e-4) and torch.all(factors < 0.6 + 1e-4), factors
+    assert factors.std() > 0.01  # one factor per frame, not one per batch
+    assert torch.equal(varied, stage.vary_saturation(frames, micro_step=3))  # seeded by the micro-step
+    assert not torch.equal(varied, stage.vary_saturation(frames, micro_step=4))
+
+    grey = VAEModule(model, saturation_range=[0.0, 0.0]).vary_saturation(frames, micro_step=0)
+    assert torch.allclose(grey, luma.expand_as(frames), atol=1e-6)
+    with pytest.raises(ValueError, match="saturation_range"):
+        VAEModule(model, saturation_range=[0.8, 0.2])

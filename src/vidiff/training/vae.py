@@ -39,6 +39,9 @@ class VAEModule(L.LightningModule):
         l1_weight, kl_weight: loss weights beside the MSE.
         frames_per_step: frames (from sources and targets) per step, drawn evenly from the batch.
         latent_momentum: momentum of the running latent variance that sets ``scaling_factor``.
+        saturation_range: ``[low, high]``: each training frame's chroma (its difference from its luma) is scaled by
+            a factor drawn uniformly from this range, so that an autoencoder trained on a few colourful clips does
+            not paint colour into paler footage; ``None`` trains on the frames as they are.
     """
 
     def __init__(
@@ -54,10 +57,15 @@ class VAEModule(L.LightningModule):
         kl_weight: float = 1e-6,
         frames_per_step: int = 16,
         latent_momentum: float = 0.99,
+        saturation_range: Sequence[float] | None = None,
         seed: int = 0,
     ):
         super().__init__()
         betas = [float(b) for b in betas]
+        if saturation_range is not None:
+            saturation_range = [float(v) for v in saturation_range]
+            if len(saturation_range) != 2 or not 0 <= saturation_range[0] <= saturation_range[1]:
+                raise ValueError(f"saturation_range must be [low, high] with 0 <= low <= high, got {saturation_range}")
         if lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"unknown lr_schedule {lr_schedule!r} (choose from {', '.join(LR_SCHEDULES)})")
         self.save_hyperparameters(ignore=["model"], logger=False)
@@ -101,6 +109,19 @@ class VAEModule(L.LightningModule):
         index = torch.linspace(0, len(frames) - 1, n).round().long()
         return to_model_range(frames[index].to(self.device))
 
+    def vary_saturation(self, frames: torch.Tensor, micro_step: int) -> torch.Tensor:
+        """``frames`` ``[n, 3, h, w]`` in [-1, 1], each with its chroma scaled by its own factor from
+        ``saturation_range`` (luma kept: BT.601 weights), seeded by the micro-step like every other draw."""
+        low, high = self.hparams.saturation_range
+        rank = self.global_rank if self._trainer is not None else 0
+        # its own stream: the posterior sample of the same micro-step keeps the seed it has without this option
+        generator = step_generator(self.hparams.seed + 1, micro_step, rank, "cpu")
+        factor = low + (high - low) * torch.rand(len(frames), generator=generator)
+        luma_weights = frames.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+        luma = (frames * luma_weights).sum(dim=1, keepdim=True)
+        factor = factor.to(frames.device, frames.dtype).view(-1, 1, 1, 1)
+        return (luma + factor * (frames - luma)).clamp(-1, 1)
+
     def reconstruction_loss(
         self, frames: torch.Tensor, micro_step: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -119,7 +140,10 @@ class VAEModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         frames = self.frames_of(batch)
-        loss, recon, latents = self.reconstruction_loss(frames, int(batch.get("step", batch_idx)))
+        micro_step = int(batch.get("step", batch_idx))
+        if self.hparams.get("saturation_range") is not None:
+            frames = self.vary_saturation(frames, micro_step)
+        loss, recon, latents = self.reconstruction_loss(frames, micro_step)
         var = latents.float().pow(2).mean()
         m = float(self.hparams.latent_momentum)
         self.latent_var = var if self.latent_var < 0 else m * self.latent_var + (1 - m) * var
