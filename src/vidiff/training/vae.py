@@ -117,6 +117,7 @@ class VAEModule(L.LightningModule):
         # its own stream: the posterior sample of the same micro-step keeps the seed it has without this option
         generator = step_generator(self.hparams.seed + 1, micro_step, rank, "cpu")
         factor = low + (high - low) * torch.rand(len(frames), generator=generator)
+        # by hand: torchvision's adjust_saturation takes one factor per call and clamps to [0, 1], not [-1, 1]
         luma_weights = frames.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
         luma = (frames * luma_weights).sum(dim=1, keepdim=True)
         factor = factor.to(frames.device, frames.dtype).view(-1, 1, 1, 1)
