@@ -8,6 +8,7 @@ and an optional ``pretrained`` path. Nothing is ever downloaded: a path that doe
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -31,7 +32,7 @@ from vidiff.errors import ModelLoadError, VIDiffError
 from vidiff.models.projector import ImageInstructionProjector
 from vidiff.models.tokenizer import build_clip_tokenizer
 from vidiff.models.unet import inflate, widen_conv_in
-from vidiff.models.vidiff_model import VIDiffModel
+from vidiff.models.vidiff_model import CONDITIONINGS, VIDiffModel
 
 
 T = TypeVar("T")
@@ -296,6 +297,26 @@ def build_image_branch(
     return image_encoder, image_projector
 
 
+def build_noise_scheduler(section: Mapping, stable_diffusion: str | None) -> DDPMScheduler:
+    """The training noise schedule: the preset's ``noise_scheduler`` section, over the ``scheduler/`` config of a
+    diffusers Stable Diffusion folder when there is one.
+
+    The release's file brings the sampler settings its authors sampled with (``set_alpha_to_one``,
+    ``timestep_spacing``, ...), which samplers derived from this schedule then share with diffusers' own pipeline
+    on the same folder; the preset's keys win where both set one.
+    """
+    config = _plain(section)
+    config.pop("_target_", None)
+    released = Path(stable_diffusion) / "scheduler" / "scheduler_config.json" if stable_diffusion else None
+    if released is None or not released.is_file():
+        return DDPMScheduler(**config)
+    try:
+        release = json.loads(released.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ModelLoadError(f"{released}: unreadable scheduler config ({err})") from None
+    return DDPMScheduler.from_config({**{k: v for k, v in release.items() if not k.startswith("_")}, **config})
+
+
 def build_vidiff_model(
     unet: Mapping,
     vae: Mapping,
@@ -308,6 +329,7 @@ def build_vidiff_model(
     in_channels: int = 8,
     seed: int = 0,
     source_residual: bool = False,
+    conditioning: str | None = None,
 ) -> VIDiffModel:
     """Assemble a VIDiff model.
 
@@ -323,6 +345,10 @@ def build_vidiff_model(
         in_channels: U-Net input channels after widening (8 = noisy target + source latents).
         seed: seed for every randomly initialised part, so a preset is reproducible.
         source_residual: predict clean latents as source latents + U-Net output (see :class:`VIDiffModel`).
+        conditioning: ``"scaled"`` or ``"unscaled"`` source latents (see :class:`VIDiffModel`); ``None`` (the presets'
+            default) reads it off the weights: a ``stable_diffusion`` U-Net that already has ``in_channels`` input
+            channels is an InstructPix2Pix release, trained on unscaled source latents, so it gets ``"unscaled"``;
+            anything else (SD-1.5 widened from 4 channels, random weights) gets ``"scaled"``, VIDiff's own convention.
     """
     prediction_type = _plain(noise_scheduler).get("prediction_type", "epsilon")
     if source_residual and prediction_type != "sample":
@@ -343,21 +369,30 @@ def build_vidiff_model(
         unet, vae, text_encoder = (
             {**_plain(section), "config": config} for section, config in zip((unet, vae, text_encoder), configs)
         )
+    if conditioning is not None and conditioning not in CONDITIONINGS:
+        raise VIDiffError(
+            f"model.conditioning must be one of {', '.join(CONDITIONINGS)} or null, not {conditioning!r}"
+        )
     unet2d = build_unet2d(unet, stable_diffusion, seed, state)
+    if conditioning is None:
+        # released weights whose U-Net already takes the source channels were trained as InstructPix2Pix
+        pretrained_ip2p = stable_diffusion is not None and unet2d.config.in_channels == in_channels
+        conditioning = "unscaled" if pretrained_ip2p else "scaled"
+        if pretrained_ip2p:
+            log.info("%s: %d-channel U-Net (InstructPix2Pix): unscaled source latents", stable_diffusion, in_channels)
     widen_conv_in(unet2d, in_channels)
     adapter, fresh = build_motion_adapter(motion_adapter, unet2d, seed)
     video_unet = inflate(unet2d, adapter, zero_init=fresh)
-    scheduler_config = _plain(noise_scheduler)
-    scheduler_config.pop("_target_", None)
     image_enc, image_proj = build_image_branch(image_encoder, image_projector, unet2d.config.cross_attention_dim, seed)
     model = VIDiffModel(
         unet=video_unet,
         vae=build_vae(vae, stable_diffusion, seed, state),
         text_encoder=build_text_encoder(text_encoder, stable_diffusion, seed, state),
         tokenizer=build_tokenizer(stable_diffusion),
-        noise_scheduler=DDPMScheduler(**scheduler_config),
+        noise_scheduler=build_noise_scheduler(noise_scheduler, stable_diffusion),
         image_encoder=image_enc,
         image_projector=image_proj,
         source_residual=source_residual,
+        conditioning=conditioning,
     )
     return model.eval()

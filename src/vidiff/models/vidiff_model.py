@@ -2,7 +2,7 @@
 
 A saved model is a directory in the diffusers style, one subfolder per component, weights as safetensors::
 
-    model_index.json        class name, format version, instruction settings
+    model_index.json        class name, format version, instruction settings, conditioning convention
     unet/                   UNetMotionModel (8-channel conv_in + motion modules)
     vae/                    AutoencoderKL
     text_encoder/           CLIPTextModel        tokenizer/  CLIPTokenizer
@@ -33,7 +33,11 @@ from vidiff.models.projector import ImageInstructionProjector
 from vidiff.utils.files import publish
 
 
-FORMAT_VERSION = 1
+# 2: model_index.json records the conditioning convention ("conditioning"); a format-1 directory has none and
+# loads with the convention every format-1 model was trained with ("scaled")
+FORMAT_VERSION = 2
+# how the source latents enter the U-Net (see VIDiffModel)
+CONDITIONINGS = ("scaled", "unscaled")
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -51,6 +55,12 @@ class VIDiffModel(nn.Module):
             ``prediction_type="sample"``). For restoration the target is close to the source, so the network
             only has to learn the change (an all-zero output copies the source); the plain paper model
             (``False``) must first learn to carry every detail of the source through the whole U-Net.
+        conditioning: how the source latents enter the U-Net beside the noisy target latents. ``"scaled"``: multiplied
+            by the VAE's ``scaling_factor``, like the target latents (every model VIDiff trained before this
+            setting existed). ``"unscaled"``: the VAE posterior's mode as it is, InstructPix2Pix's convention (its
+            released weights, InsV2V and diffusers' ``StableDiffusionInstructPix2PixPipeline`` all concatenate
+            ``latent_dist.mode()`` unscaled); a model built on InstructPix2Pix weights must keep it, or every edit is
+            silently wrong. Callers always pass *scaled* source latents; :meth:`predict_noise` converts.
     """
 
     def __init__(
@@ -63,6 +73,7 @@ class VIDiffModel(nn.Module):
         image_encoder: CLIPVisionModelWithProjection | None = None,
         image_projector: ImageInstructionProjector | None = None,
         source_residual: bool = False,
+        conditioning: str = "scaled",
     ):
         super().__init__()
         if (image_encoder is None) != (image_projector is None):
@@ -72,7 +83,10 @@ class VIDiffModel(nn.Module):
                 "source_residual needs noise_scheduler.prediction_type=sample (the output is a clean-latent "
                 f"estimate), not {noise_scheduler.config.prediction_type!r}"
             )
+        if conditioning not in CONDITIONINGS:
+            raise ValueError(f"conditioning must be one of {', '.join(CONDITIONINGS)}, not {conditioning!r}")
         self.source_residual = bool(source_residual)
+        self.conditioning = conditioning
         self.unet = unet
         self.vae = vae
         self.text_encoder = text_encoder
@@ -188,9 +202,12 @@ class VIDiffModel(nn.Module):
         self, noisy_latents: torch.Tensor, source_latents: torch.Tensor, timesteps, instruction: torch.Tensor
     ) -> torch.Tensor:
         """The scheduler's prediction (epsilon, v or x0, per ``noise_scheduler.prediction_type``) for ``[b, 4, f, h, w]``
-        noisy target latents given the source latents and instruction ``[b, L, d]``."""
+        noisy target latents given the (scaled) source latents and instruction ``[b, L, d]``."""
         f = noisy_latents.shape[2]
-        model_input = torch.cat([noisy_latents, source_latents], dim=1)
+        condition = source_latents
+        if self.conditioning == "unscaled":
+            condition = source_latents / self.vae.config.scaling_factor
+        model_input = torch.cat([noisy_latents, condition], dim=1)
         # UNetMotionModel wants the text states once per frame: [(b f), L, d]
         states = instruction.repeat_interleave(f, dim=0)
         prediction = self.unet(model_input, timesteps, encoder_hidden_states=states).sample
@@ -221,6 +238,7 @@ class VIDiffModel(nn.Module):
                 "has_image_branch": self.image_encoder is not None,
                 "num_image_tokens": self.num_image_tokens,
                 "source_residual": self.source_residual,
+                "conditioning": self.conditioning,
             }
             (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
             publish(tmp, path)
@@ -244,7 +262,7 @@ class VIDiffModel(nn.Module):
             raise ModelLoadError(f"{index_file}: invalid JSON ({err})") from None
         if index.get("_class_name") != "VIDiffModel":
             raise ModelLoadError(f"{index_file}: not a VIDiff model (class {index.get('_class_name')!r})")
-        if index.get("format_version", 0) > FORMAT_VERSION:
+        if not isinstance(index.get("format_version", 0), int) or index.get("format_version", 0) > FORMAT_VERSION:
             raise ModelLoadError(f"{path}: saved by a newer VIDiff (format {index['format_version']}); upgrade vidiff")
         required = ["unet", "vae", "text_encoder", "tokenizer", "scheduler"]
         if index.get("has_image_branch"):
@@ -274,6 +292,8 @@ class VIDiffModel(nn.Module):
             model = cls(
                 unet, vae, text_encoder, tokenizer, scheduler, image_encoder, image_projector,
                 source_residual=bool(index.get("source_residual", False)),
+                # format 1 predates the setting: every such model was trained on scaled source latents
+                conditioning=index.get("conditioning", "scaled"),
             )  # fmt: skip
         except ValueError as err:
             raise ModelLoadError(f"{index_file}: {err}") from None

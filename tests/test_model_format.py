@@ -1,0 +1,61 @@
+"""Model directories saved by earlier VIDiff versions load and edit exactly as they did.
+
+``tests/fixtures/model_format1/`` was written by the format-1 code (commit 6eaf0d2, before the conditioning convention
+was recorded) together with what editing a fixed clip gave (``model_format1_edit.npz``); see
+``tests/fixtures/make_model_format1.py``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.fixtures.make_model_format1 import edit
+from vidiff.errors import ModelLoadError
+from vidiff.models.vidiff_model import FORMAT_VERSION, VIDiffModel
+
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+# float32 on another CPU may round differently; a changed convention moves frames by far more (asserted below)
+TOLERANCE = 1e-3
+
+
+@pytest.fixture(scope="module")
+def format1():
+    recorded = np.load(FIXTURES / "model_format1_edit.npz")
+    return VIDiffModel.from_pretrained(FIXTURES / "model_format1"), recorded["source"], recorded["frames"]
+
+
+def test_format1_directory_edits_as_it_did(format1):
+    model, source, frames = format1
+    assert json.loads((FIXTURES / "model_format1" / "model_index.json").read_text())["format_version"] == 1
+    assert model.conditioning == "scaled"  # what every format-1 model was trained with
+    assert np.abs(edit(model, source) - frames).max() <= TOLERANCE
+    # the fixture can tell conventions apart: the other one lands far outside the tolerance
+    model.conditioning = "unscaled"
+    try:
+        assert np.abs(edit(model, source) - frames).max() > 100 * TOLERANCE
+    finally:
+        model.conditioning = "scaled"
+
+
+def test_format1_directory_resaved_in_the_current_format(format1, tmp_path):
+    model, source, frames = format1
+    saved = model.save_pretrained(tmp_path / "model")
+    index = json.loads((saved / "model_index.json").read_text())
+    assert index["format_version"] == FORMAT_VERSION and index["conditioning"] == "scaled"
+    assert np.abs(edit(VIDiffModel.from_pretrained(saved), source) - frames).max() <= TOLERANCE
+
+
+def test_unknown_conditioning_is_one_line_error(format1, tmp_path):
+    model, _, _ = format1
+    saved = model.save_pretrained(tmp_path / "model")
+    index = json.loads((saved / "model_index.json").read_text())
+    (saved / "model_index.json").write_text(json.dumps({**index, "conditioning": "sideways"}))
+    with pytest.raises(ModelLoadError, match="conditioning must be one of scaled, unscaled, not 'sideways'") as err:
+        VIDiffModel.from_pretrained(saved)
+    assert "\n" not in str(err.value)
