@@ -240,3 +240,34 @@ def test_released_animatediff_acts_on_a_16_frame_ip2p_clip(released_ip2p, tmp_pa
     ]
     apart = max((video[i] - frame).abs().max().item() for i, frame in zip((0, 7), frames))
     assert apart * 127.5 > 2, f"the motion layers changed the clip by only {apart * 127.5:.2f} levels"
+
+
+def test_vidiff_edit_model_ip2p_end_to_end(released_ip2p, tmp_path, monkeypatch, capsys):
+    """``vidiff-edit --model ip2p`` on the released folder layouts, found through ``VIDIFF_WEIGHTS`` as a user would
+    lay them out (conf/paths): it picks the latent long-video mode by itself and writes every frame."""
+    from tests.conftest import encode_video
+    from vidiff.cli import edit
+    from vidiff.io import read_video
+
+    folder, _ = released_ip2p["folder"]
+    weights = folder.parent
+    adapter = randomize(
+        MotionAdapter(
+            block_out_channels=SD_BLOCKS["block_out_channels"], motion_layers_per_block=2,
+            motion_num_attention_heads=8, motion_norm_num_groups=32, motion_max_seq_length=32,
+        ),
+        torch.Generator().manual_seed(4),
+    )  # fmt: skip
+    adapter.save_pretrained(weights / "animatediff-motion-adapter-v1-5-2")
+    source = tmp_path / "in.mp4"
+    encode_video(source, np.stack([np.roll(source_frame(), 3 * i, axis=0) for i in range(12)]), "libx264", "yuv420p")
+    out = tmp_path / "out.mp4"
+    monkeypatch.setenv("VIDIFF_WEIGHTS", str(weights))
+    command = [
+        str(source), "-o", str(out), "--model", "ip2p", "-i", PROMPT, "--size", "64", "--clip-length", "8",
+        "--steps", "2", "--device", "cpu",
+    ]  # fmt: skip
+    assert edit.main(command) == 0
+    assert "2 latent-anchored frames (auto: the model never learned reference frames)" in capsys.readouterr().err
+    frames, _ = read_video(out)
+    assert frames.shape == (12, SIZE, SIZE, 3)

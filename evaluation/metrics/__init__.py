@@ -25,9 +25,10 @@ METRIC_NAMES = (
     "pickscore",
     "consistency",
     "jf",
+    "seam",
 )
 # metrics that run with no network weights, always available
-WEIGHT_FREE = ("psnr", "ssim", "ms_ssim", "cdc", "colorfulness", "niqe", "jf")
+WEIGHT_FREE = ("psnr", "ssim", "ms_ssim", "cdc", "colorfulness", "niqe", "jf", "seam")
 
 
 def parse_metric_names(names: str | Iterable[str]) -> list[str]:
@@ -51,6 +52,7 @@ _CLASSES = {
     "colorfulness": ("vidiff.evaluation.metrics.pixel", "Colorfulness"),
     "niqe": ("vidiff.evaluation.metrics.niqe", "NIQE"),
     "jf": ("vidiff.evaluation.metrics.segmentation", "JF"),
+    "seam": ("vidiff.evaluation.metrics.temporal", "Seam"),
     "lpips": ("vidiff.evaluation.metrics.learned", "LPIPS"),
     "fid": ("vidiff.evaluation.metrics.learned", "FID"),
     "clip": ("vidiff.evaluation.metrics.learned", "CLIPScore"),
@@ -78,6 +80,8 @@ def build_metric(name: str, weights: MetricWeights | None = None, device: str = 
         return cls(absolute=options.get("colorfulness_abs", False))
     if name == "niqe":
         return cls(frame_stride=options.get("niqe_stride", 1))
+    if name == "seam":
+        return cls(clip_length=options.get("clip_length", 16), overlap=options.get("overlap", 2))
     if cls.info.needs_weights:
         return cls(weights, device=device)
     return cls()

@@ -69,6 +69,7 @@ class EditRequest:
     overlap: int = 2
     size: int = 256
     max_frames: int | None = None
+    long_video: str = "auto"  # how each clip continues the previous one (vidiff.pipelines.long_video)
 
 
 @dataclass
@@ -164,6 +165,8 @@ class EditService:
             raise VIDiffError(
                 f"reference frames {request.overlap}: must be >= 0 and fewer than the clip length {request.clip_length}"
             )
+        if request.long_video not in ("auto", "reference", "latent", "none"):
+            raise VIDiffError(f"long-video mode {request.long_video!r}: choose auto, reference, latent or none")
         if request.steps < 1:
             raise VIDiffError("steps: at least 1")
         if request.max_frames is not None and request.max_frames < 1:
@@ -194,7 +197,8 @@ class EditService:
         source = self.source_of(request)
         info = probe_video(source)
         total = info.num_frames if request.max_frames is None else min(info.num_frames, request.max_frames)
-        progress = Progress(clips=max(1, num_clips(total, request.clip_length, request.overlap)), steps=request.steps)
+        carried = 0 if request.long_video == "none" else request.overlap
+        progress = Progress(clips=max(1, num_clips(total, request.clip_length, carried)), steps=request.steps)
         scratch = self._scratch()
         results = Path(tempfile.mkdtemp(prefix="result-", dir=self.root))
         instruction = (request.instruction or "").strip() or None
@@ -222,6 +226,7 @@ class EditService:
                     output=results / "edited.mp4",
                     clip_length=request.clip_length,
                     overlap=request.overlap,
+                    carry=request.long_video,
                     size=request.size,
                     max_frames=request.max_frames,
                     masks_out=scratch / "masks" if segmentation else None,
@@ -290,11 +295,27 @@ def build_page(service: EditService):
 
     cancels: dict[str, threading.Event] = {}
 
-    def request_of(video, example, instruction, image, steps, scheduler, s_t, s_v, seed, clip, overlap, size, frames):
+    def request_of(
+        video,
+        example,
+        instruction,
+        image,
+        steps,
+        scheduler,
+        s_t,
+        s_v,
+        seed,
+        clip,
+        overlap,
+        size,
+        frames,
+        long_video="auto",
+    ):
         return EditRequest(
             video=video, example=None if video else example, instruction=instruction or "", image=image,
             steps=int(steps), scheduler=scheduler, text_scale=float(s_t), video_scale=float(s_v), seed=int(seed),
             clip_length=int(clip), overlap=int(overlap), size=int(size), max_frames=int(frames) if frames else None,
+            long_video=long_video or "auto",
         )  # fmt: skip
 
     def run_edit(session, *values, progress=gr.Progress()):  # noqa: B008 - Gradio injects it
@@ -345,7 +366,11 @@ def build_page(service: EditService):
                     s_v = gr.Slider(0, 5, value=1.5, step=0.1, label="Video scale s_V")
                     seed = gr.Number(value=0, precision=0, label="Seed")
                     clip = gr.Slider(2, 32, value=16, step=1, label="Clip length")
-                    overlap = gr.Slider(0, 8, value=2, step=1, label="Reference frames")
+                    overlap = gr.Slider(0, 8, value=2, step=1, label="Frames carried between clips")
+                    long_video = gr.Dropdown(
+                        ["auto", "reference", "latent", "none"], value="auto", elem_id="long-video",
+                        label="Long video: how clips continue (auto: what the model was trained for)",
+                    )  # fmt: skip
                     size = gr.Slider(32, 768, value=256, step=8, label="Working size (short side)", elem_id="size")
                     frames = gr.Number(value=None, precision=0, label="Max frames (empty: all)", elem_id="max-frames")
                 with gr.Row():
@@ -373,6 +398,7 @@ def build_page(service: EditService):
             overlap,
             size,
             frames,
+            long_video,
         ]
         preset.change(lambda p: PRESETS.get(p, gr.update()), preset, instruction, queue=False)
         edit_button.click(run_edit, inputs, [output, side, masks, status], concurrency_limit=1)

@@ -47,7 +47,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--clip-length", type=int, default=16, help="frames per clip the model sees (default: 16)")
     parser.add_argument(
-        "--overlap", type=int, default=2, help="translated frames carried into the next clip as reference (default: 2)"
+        "--overlap", type=int, default=2, help="frames each clip carries over from the previous one (default: 2)"
+    )
+    parser.add_argument(
+        "--long-video",
+        default="auto",
+        choices=["auto", "reference", "latent", "none"],
+        help="how each clip continues the previous one: reference (VIDiff's: the previous clip's last translated "
+        "frames lead the next clip, with 'Based on the first n frames,'; for models trained with such samples), "
+        "latent (the overlap frames' latents are held to the previous clip's result for the first part of the "
+        "steps; needs no such training, e.g. released InstructPix2Pix weights), none (independent clips), auto "
+        "(latent if the model records it never learned reference frames, else reference; the default)",
+    )
+    parser.add_argument(
+        "--anchor-fraction",
+        type=float,
+        default=0.5,
+        help="latent mode: fraction of the steps the overlap frames are held (default: 0.5)",
     )
     parser.add_argument(
         "--masks-out", default=None, help="decode the segmentation overlay into one PNG mask per frame here"
@@ -79,6 +95,8 @@ def _validate(args: argparse.Namespace) -> tuple[Path, Path]:
         raise VIDiffError(f"--clip-length {args.clip_length}: must be at least 1")
     if not 0 <= args.overlap < args.clip_length:
         raise VIDiffError(f"--overlap {args.overlap}: must be >= 0 and smaller than --clip-length {args.clip_length}")
+    if not 0 <= args.anchor_fraction <= 1:
+        raise VIDiffError(f"--anchor-fraction {args.anchor_fraction}: must be in [0, 1]")
     if args.steps < 1:
         raise VIDiffError(f"--steps {args.steps}: must be at least 1")
     if not 0 < args.strength <= 1:
@@ -127,15 +145,29 @@ def main(argv: list[str] | None = None) -> int:
     pipe = VIDiffPipeline(model, scheduler=args.scheduler)
     pipe.set_progress_bar_config(disable=True)
 
+    from vidiff.pipelines.long_video import resolve_carry
+
+    carry = resolve_carry(args.long_video, model)
     if not args.quiet:
         from vidiff.utils.frames import working_size
+
+        carried = {
+            "reference": f"{args.overlap} reference frames",
+            "latent": f"{args.overlap} latent-anchored frames",
+            "none": "no carry-over",
+        }[carry if args.overlap else "none"]
+        why = (
+            " (auto: the model never learned reference frames)"
+            if args.long_video == "auto" and carry == "latent"
+            else ""
+        )
 
         size = working_size(info.height, info.width, args.size, multiple=model.vae_scale_factor)
         count = info.num_frames if args.frames is None else min(args.frames, info.num_frames)
         print(
             f"vidiff-edit: {source.name}: {count} frames, {info.width}x{info.height} @ {float(info.fps):.3g} fps"
             f"{', audio' if info.has_audio else ''} -> model size {size[1]}x{size[0]}, clips of {args.clip_length} "
-            f"with {args.overlap} reference frames, on {device}",
+            f"with {carried}{why}, on {device}",
             file=sys.stderr,
         )
     summary = pipe.edit_video(
@@ -157,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         text_guidance_scale=args.text_scale,
         video_guidance_scale=args.video_scale,
         strength=args.strength,
+        carry=carry,
+        anchor_fraction=args.anchor_fraction,
     )
     if summary.decode_error:
         # a damaged tail is not silently dropped: say how far decoding got

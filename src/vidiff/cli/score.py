@@ -25,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
             "niqe, clip, pickscore, consistency) need no TARGET."
         ),
         epilog=(
-            "metrics: psnr, ssim, ms_ssim, lpips, cdc, colorfulness, niqe, fid, clip, pickscore, consistency, jf. "
+            "metrics: psnr, ssim, ms_ssim, lpips, cdc, colorfulness, niqe, fid, clip, pickscore, consistency, jf, "
+            "seam (clip-boundary visibility of a video edited clip by clip: give its --clip-length and --overlap). "
             "lpips, fid, clip, pickscore and consistency need local weights (flags below or VIDIFF_* variables); "
             "nothing is downloaded. Example: vidiff-score out.mp4 gt.mp4 --metrics psnr,ssim,niqe --json"
         ),
@@ -40,6 +41,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:i] (default: auto)")
     parser.add_argument("--niqe-stride", type=int, default=1, help="NIQE on every k-th frame (default: 1)")
     parser.add_argument("--colorfulness-abs", action="store_true", help="the abs-opponent (pyimagesearch) variant")
+    parser.add_argument(
+        "--clip-length", type=int, default=16, help="seam: frames per clip the video was edited in (default: 16)"
+    )
+    parser.add_argument(
+        "--overlap",
+        type=int,
+        default=2,
+        help="seam: frames each clip carried over from the previous one (vidiff-edit --overlap; 0 for --long-video "
+        "none) (default: 2)",
+    )
     weights = parser.add_argument_group("local weights (never downloaded)")
     weights.add_argument("--fid-weights", help="weights-inception-2015-12-05-6726825d.pth (torch-fidelity)")
     weights.add_argument("--lpips-weights", help="torchvision backbone file, e.g. alexnet-owt-7be5be79.pth")
@@ -69,7 +80,14 @@ def main(argv: list[str] | None = None) -> int:
         pickscore_model=args.pickscore_model,
         pickscore_processor=args.pickscore_processor,
     )
-    options = {"niqe_stride": args.niqe_stride, "colorfulness_abs": args.colorfulness_abs}
+    if args.clip_length < 1 or not 0 <= args.overlap < args.clip_length:
+        raise VIDiffError(f"--overlap {args.overlap}: must be >= 0 and smaller than --clip-length {args.clip_length}")
+    options = {
+        "niqe_stride": args.niqe_stride,
+        "colorfulness_abs": args.colorfulness_abs,
+        "clip_length": args.clip_length,
+        "overlap": args.overlap,
+    }
     scorer = Scorer(parse_metric_names(args.metrics), weights, pick_device(args.device), options)
     if scorer.needs_target and args.target is None:
         raise VIDiffError(f"{', '.join(scorer.needs_target)} compare with ground truth: give TARGET after PRED")

@@ -94,6 +94,10 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if cfg.get("export_model") and trainer.is_global_zero and not trainer.fast_dev_run:
         out = Path(cfg.paths.output_dir) / "model"
+        if getattr(module, "stage", None) == "v2v":
+            # what long-video editing needs to know: did this model learn to continue from reference frames?
+            trained = cfg.data.get("long_video_prob", 0) > 0
+            module.model.reference_frames = tuple(cfg.data.get("long_video_frames", ())) if trained else ()
         with module.ema_scope():
             module.model.save_pretrained(out)
         print(f"vidiff-train: model exported to {out}")

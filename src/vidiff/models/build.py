@@ -374,9 +374,9 @@ def build_vidiff_model(
             f"model.conditioning must be one of {', '.join(CONDITIONINGS)} or null, not {conditioning!r}"
         )
     unet2d = build_unet2d(unet, stable_diffusion, seed, state)
+    # released weights whose U-Net already takes the source channels were trained as InstructPix2Pix
+    pretrained_ip2p = stable_diffusion is not None and unet2d.config.in_channels == in_channels
     if conditioning is None:
-        # released weights whose U-Net already takes the source channels were trained as InstructPix2Pix
-        pretrained_ip2p = stable_diffusion is not None and unet2d.config.in_channels == in_channels
         conditioning = "unscaled" if pretrained_ip2p else "scaled"
         if pretrained_ip2p:
             log.info("%s: %d-channel U-Net (InstructPix2Pix): unscaled source latents", stable_diffusion, in_channels)
@@ -394,5 +394,7 @@ def build_vidiff_model(
         image_projector=image_proj,
         source_residual=source_residual,
         conditioning=conditioning,
+        # released InstructPix2Pix weights never saw reference frames; other built models have not been trained yet
+        reference_frames=() if pretrained_ip2p else None,
     )
     return model.eval()

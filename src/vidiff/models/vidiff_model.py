@@ -61,6 +61,10 @@ class VIDiffModel(nn.Module):
             released weights, InsV2V and diffusers' ``StableDiffusionInstructPix2PixPipeline`` all concatenate
             ``latent_dist.mode()`` unscaled); a model built on InstructPix2Pix weights must keep it, or every edit is
             silently wrong. Callers always pass *scaled* source latents; :meth:`predict_noise` converts.
+        reference_frames: the reference-frame counts ("Based on the first n frames,") the model was trained to
+            continue from: ``()`` if it never was (released InstructPix2Pix weights; a V2V stage without
+            long-video samples), ``None`` if unknown (built from configs, or saved before this was recorded). Long-video
+            editing picks its scheme from it (:mod:`vidiff.pipelines.long_video`).
     """
 
     def __init__(
@@ -74,6 +78,7 @@ class VIDiffModel(nn.Module):
         image_projector: ImageInstructionProjector | None = None,
         source_residual: bool = False,
         conditioning: str = "scaled",
+        reference_frames: tuple[int, ...] | None = None,
     ):
         super().__init__()
         if (image_encoder is None) != (image_projector is None):
@@ -87,6 +92,7 @@ class VIDiffModel(nn.Module):
             raise ValueError(f"conditioning must be one of {', '.join(CONDITIONINGS)}, not {conditioning!r}")
         self.source_residual = bool(source_residual)
         self.conditioning = conditioning
+        self.reference_frames = None if reference_frames is None else tuple(int(n) for n in reference_frames)
         self.unet = unet
         self.vae = vae
         self.text_encoder = text_encoder
@@ -239,6 +245,7 @@ class VIDiffModel(nn.Module):
                 "num_image_tokens": self.num_image_tokens,
                 "source_residual": self.source_residual,
                 "conditioning": self.conditioning,
+                "reference_frames": None if self.reference_frames is None else list(self.reference_frames),
             }
             (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
             publish(tmp, path)
@@ -294,6 +301,7 @@ class VIDiffModel(nn.Module):
                 source_residual=bool(index.get("source_residual", False)),
                 # format 1 predates the setting: every such model was trained on scaled source latents
                 conditioning=index.get("conditioning", "scaled"),
+                reference_frames=index.get("reference_frames"),
             )  # fmt: skip
         except ValueError as err:
             raise ModelLoadError(f"{index_file}: {err}") from None

@@ -1,9 +1,21 @@
 """Autoregressive editing of videos of any length, streaming clip by clip.
 
-Clip 1 is translated normally. For clip k+1 the first ``overlap`` source frames are replaced by the last
-``overlap`` translated frames of clip k and the instruction gets the "Based on the first n frames," prefix
-(VIDiff's long-video scheme). Frames are decoded, translated and encoded one clip at a time, so peak memory does
-not grow with the length of the video.
+Clip 1 is translated normally. How clip k+1 continues clip k (``carry``):
+
+- ``reference``: VIDiff's scheme. The first ``overlap`` source frames are replaced by the last ``overlap``
+  translated frames of clip k and the instruction gets the "Based on the first n frames," prefix. Only a model
+  trained with such samples (a V2V stage with ``data.long_video_prob > 0``) knows to keep those frames: any other
+  edits them a second time.
+- ``latent``: needs no such training. Clip k+1 starts with the last ``overlap`` *source* frames of clip k, and for
+  the first part of the sampling steps their latents are held to clip k's final latents (noised to each step's
+  level), so the new frames are denoised around, and continue, what clip k produced (in the spirit of InsV2V's
+  long-video sampling correction). The default for models that never learned reference frames (released
+  InstructPix2Pix weights).
+- ``none``: independent clips, no carry-over (the baseline the seam metric compares with).
+- ``auto``: ``latent`` when the model records that it was never trained with reference frames, else ``reference``.
+
+Frames are decoded, translated and encoded one clip at a time, so peak memory does not grow with the length of the
+video.
 """
 
 from __future__ import annotations
@@ -26,6 +38,18 @@ from vidiff.overlay import color_in_instruction, color_rgb, overlay_to_mask
 from vidiff.prompts import continuation_instruction
 from vidiff.utils.files import publish
 from vidiff.utils.frames import resize_frames, working_size
+
+
+CARRY_MODES = ("auto", "reference", "latent", "none")
+
+
+def resolve_carry(carry: str, model) -> str:
+    """The long-video scheme ``carry`` names; ``auto`` reads what the model records about its training."""
+    if carry not in CARRY_MODES:
+        raise VIDiffError(f"long-video mode {carry!r}: choose from {', '.join(CARRY_MODES)}")
+    if carry != "auto":
+        return carry
+    return "latent" if getattr(model, "reference_frames", None) == () else "reference"
 
 
 def num_clips(num_frames: int, clip_length: int, overlap: int) -> int:
@@ -62,12 +86,15 @@ def iter_edited_clips(
     keep_size: bool = False,
     seed: int = 0,
     callback: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
+    carry: str = "auto",
+    anchor_fraction: float = 0.5,
     **sample_kwargs,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield ``(source_frames, edited_frames)`` per clip, both uint8 ``[n, h, w, 3]`` at the output size.
 
     ``callback(clip_index, condition_frames, output_frames)`` sees every clip at the working size: the frames
-    the model was conditioned on (with the reference frames in front) and what it produced.
+    the model was conditioned on (with the carried-over frames in front) and what it produced. ``carry`` and
+    ``anchor_fraction``: see the module docstring and :meth:`VIDiffPipeline.__call__`.
     """
     import torch
 
@@ -75,26 +102,37 @@ def iter_edited_clips(
         raise ValueError("clip_length must be >= 1")
     if not 0 <= overlap < clip_length:
         raise ValueError(f"overlap must be in [0, clip_length), got {overlap}")
+    carry = resolve_carry(carry, getattr(pipe, "model", None))
+    if carry == "none":
+        overlap = 0
     generator = torch.Generator().manual_seed(seed)
-    reference: np.ndarray | None = None  # last `overlap` translated frames, working size
+    # carried into the next clip (working size): the last `overlap` translated frames (reference), or the last
+    # `overlap` source frames and their final latents (latent)
+    carried: np.ndarray | None = None
+    carried_latents = None
     buffer: list[np.ndarray] = []
     work_size = out_size = None
     clip_index = 0
 
     def translate(batch: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        nonlocal reference, clip_index
+        nonlocal carried, carried_latents, clip_index
         source = np.stack(batch)
         condition = resize_frames(source, work_size)
-        prompt = instruction
-        if reference is not None and overlap:
-            condition = np.concatenate([reference, condition])
-            prompt = continuation_instruction(instruction, len(reference))
-        output = pipe(condition, prompt, image=image, generator=generator, **sample_kwargs).frames
+        prompt, extra = instruction, {}
+        if carried is not None and overlap:
+            condition = np.concatenate([carried, condition])
+            if carry == "reference":
+                prompt = continuation_instruction(instruction, len(carried))
+            else:
+                extra = {"anchor_latents": carried_latents, "anchor_fraction": anchor_fraction}
+        result = pipe(condition, prompt, image=image, generator=generator, **extra, **sample_kwargs)
+        output = result.frames
         if callback is not None:
             callback(clip_index, condition, output)
         new = output[len(condition) - len(batch) :]
         if overlap:
-            reference = output[-overlap:]
+            carried = output[-overlap:] if carry == "reference" else condition[-overlap:]
+            carried_latents = result.latents[:, :, -overlap:] if carry == "latent" else None
         clip_index += 1
         return resize_frames(source, out_size), resize_frames(new, out_size)
 
@@ -104,7 +142,7 @@ def iter_edited_clips(
             work_size = working_size(h, w, size, pipe.size_multiple) if size else (h, w)
             out_size = work_size if keep_size else (h, w)
         buffer.append(frame)
-        if len(buffer) == (clip_length if reference is None else clip_length - overlap):
+        if len(buffer) == (clip_length if carried is None else clip_length - overlap):
             yield translate(buffer)
             buffer = []
     if buffer:
@@ -134,13 +172,16 @@ def edit_video(
     seed: int = 0,
     progress: bool = True,
     callback=None,
+    carry: str = "auto",
+    anchor_fraction: float = 0.5,
     **sample_kwargs,
 ) -> EditSummary:
     """Edit a whole video (a file path or uint8 ``[f, h, w, 3]`` frames), streaming clip by clip.
 
     With ``output`` the result is encoded to that mp4 as it is produced (input audio copied when every frame is
     edited); without it the frames are returned in the summary. ``masks_out`` decodes the ``rvos`` overlay into one
-    binary PNG per frame (colour from ``mask_color`` or named in the instruction).
+    binary PNG per frame (colour from ``mask_color`` or named in the instruction). ``carry``: how each clip continues
+    the previous one (``auto``, ``reference``, ``latent``, ``none``; see the module docstring).
     """
     from vidiff.io import VideoReader, VideoWriter
 
@@ -190,12 +231,17 @@ def edit_video(
             masks_out.parent.mkdir(parents=True, exist_ok=True)
             masks_tmp = Path(tempfile.mkdtemp(prefix=f".{masks_out.name}.partial-", dir=masks_out.parent))
 
+        carry = resolve_carry(carry, getattr(pipe, "model", None))
         bar = tqdm(
-            total=num_clips(total, clip_length, overlap) or None, desc="clips", unit="clip", disable=not progress
+            total=num_clips(total, clip_length, 0 if carry == "none" else overlap) or None,
+            desc="clips",
+            unit="clip",
+            disable=not progress,
         )
         clips = iter_edited_clips(
-            pipe, frames, instruction, image, clip_length, overlap, size, keep_size, seed, callback, **sample_kwargs
-        )
+            pipe, frames, instruction, image, clip_length, overlap, size, keep_size, seed, callback,
+            carry=carry, anchor_fraction=anchor_fraction, **sample_kwargs,
+        )  # fmt: skip
         for source, edited in clips:
             if writer is not None:
                 writer.write(edited)

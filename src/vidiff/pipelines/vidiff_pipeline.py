@@ -74,9 +74,11 @@ def dual_guidance(
 @dataclass
 class VIDiffPipelineOutput:
     """``frames``: ``[f, h, w, 3]`` uint8 (``output_type="np"``), ``[f, 3, h, w]`` in ``[-1, 1]`` (``"pt"``), or
-    the final latents ``[1, c, f, h/8, w/8]`` (``"latent"``)."""
+    the final latents ``[1, c, f, h/8, w/8]`` (``"latent"``). ``latents``: the final (scaled) latents whatever the
+    output type (long-video editing anchors the next clip on them)."""
 
     frames: np.ndarray | torch.Tensor
+    latents: torch.Tensor | None = None
 
 
 def video_to_tensor(video) -> torch.Tensor:
@@ -204,6 +206,8 @@ class VIDiffPipeline:
         output_type: str = "np",
         strength: float = 1.0,
         step_callback: Callable[[int, int], None] | None = None,
+        anchor_latents: torch.Tensor | None = None,
+        anchor_fraction: float = 0.5,
     ) -> VIDiffPipelineOutput:
         """Translate ``video`` according to ``instruction`` (text) and/or ``image`` (a style/reference picture).
 
@@ -223,6 +227,13 @@ class VIDiffPipeline:
                 (SDEdit-style: the output keeps more of the source's layout, and fewer steps run).
             step_callback: called as ``step_callback(done, total)`` after every denoising step (progress bars; an
                 exception raised there stops the sampling at once, e.g. to cancel an edit).
+            anchor_latents: clean (scaled) latents ``[1, c, n, h/8, w/8]`` for the first ``n`` frames, e.g. the previous
+                clip's last frames when a long video is edited clip by clip: for the first ``anchor_fraction`` of the
+                steps those frames' noisy latents are replaced by the anchor noised to the step's level (one fixed
+                noise draw), so the rest of the clip is denoised around them and continues them; the later steps are
+                free. Needs no training (unlike reference frames), in the spirit of InsV2V's long-video sampling
+                correction.
+            anchor_fraction: the fraction of the steps during which the anchor holds, in ``[0, 1]``.
         """
         if not 0.0 < strength <= 1.0:
             raise ValueError(f"strength must be in (0, 1], got {strength}")
@@ -261,10 +272,28 @@ class VIDiffPipeline:
         else:
             latents = latents * scheduler.init_noise_sigma
 
+        anchor_noise = None
+        if anchor_latents is not None:
+            if not 0.0 <= anchor_fraction <= 1.0:
+                raise ValueError(f"anchor_fraction must be in [0, 1], got {anchor_fraction}")
+            n = anchor_latents.shape[2]
+            if anchor_latents.shape[:2] != shape[:2] or anchor_latents.shape[3:] != shape[3:] or not 0 < n <= shape[2]:
+                raise ValueError(
+                    f"anchor_latents must be [1, {shape[1]}, n <= {shape[2]}, {shape[3]}, {shape[4]}], "
+                    f"got {tuple(anchor_latents.shape)}"
+                )
+            anchor_latents = anchor_latents.to(device, torch.float32)
+            anchor_noise = torch.randn(anchor_latents.shape, generator=generator, dtype=torch.float32).to(device)
+        anchored_steps = round(anchor_fraction * len(timesteps)) if anchor_noise is not None else 0
+
         # only the terms the scales weigh: s_V = 1 cancels eps(∅,∅), and s_T = s_V = 1 leaves eps(V,T) alone
         terms = 3 if video_guidance_scale != 1 else (2 if text_guidance_scale != 1 else 1)
         source_batch, instruction_batch = source_batch[-terms:], instruction_batch[-terms:]
         for index, t in enumerate(tqdm(timesteps, desc="denoising", leave=False, **self.progress_bar_config)):
+            if index < anchored_steps:
+                # the anchored frames at this step's noise level, in the sampler's own parametrisation
+                anchored = scheduler.add_noise(anchor_latents, anchor_noise, t.reshape(1))
+                latents = torch.cat([anchored, latents[:, :, anchored.shape[2] :]], dim=2)
             model_input = scheduler.scale_model_input(latents, t).to(model.unet.dtype)
             # one batched U-Net call for all the guidance terms
             eps = model.predict_noise(torch.cat([model_input] * terms), source_batch, t, instruction_batch).float()
@@ -281,9 +310,9 @@ class VIDiffPipeline:
                 step_callback(index + 1, len(timesteps))
 
         if output_type == "latent":
-            return VIDiffPipelineOutput(frames=latents)
+            return VIDiffPipelineOutput(frames=latents, latents=latents)
         frames = model.decode_latents(latents.to(model.vae.dtype), chunk_size=self.vae_chunk_size)
         frames = frames[0, :, :, :height, :width].float().clamp(-1, 1)
         if output_type == "pt":
-            return VIDiffPipelineOutput(frames=rearrange(frames, "c f h w -> f c h w").cpu())
-        return VIDiffPipelineOutput(frames=tensor_to_frames(frames))
+            return VIDiffPipelineOutput(frames=rearrange(frames, "c f h w -> f c h w").cpu(), latents=latents)
+        return VIDiffPipelineOutput(frames=tensor_to_frames(frames), latents=latents)
