@@ -122,6 +122,21 @@ def test_filesystem_errors_are_one_line_with_exit_2(capsys, code, words):
     assert err.startswith(f"vidiff-x: error: /data/out/shard.tar: {words}") and err.count("\n") == 1, err
 
 
+def test_a_writer_names_its_output_not_its_temporary_file_nor_an_input_beside_it(tmp_path):
+    from vidiff.errors import storage_error
+
+    out = tmp_path / "out.mp4"
+    temporary = OSError(errno.ENOSPC, "No space left on device", str(tmp_path / ".out.k2j4.partial.mp4"))
+    assert (
+        str(storage_error(temporary, out, need_bytes=3 * 2**20)) == f"{out}: no space left on device (need about 3 MB)"
+    )
+    unnamed = OSError(errno.EFBIG, "File too large")  # tarfile and torch.save write to an open file
+    assert str(storage_error(unnamed, out)).startswith(f"{out}: file too large")
+    vanished = FileNotFoundError(errno.ENOENT, "No such file or directory", str(tmp_path / "in.mp4"))
+    assert str(storage_error(vanished, out)) == f"{tmp_path / 'in.mp4'}: no such file or folder"
+    assert storage_error(ValueError("a bug"), out) is None
+
+
 def test_a_bug_inside_hydra_instantiate_keeps_its_traceback():
     from hydra.errors import InstantiationException
 
