@@ -63,15 +63,20 @@ def _out_of_space(err: BaseException) -> OSError | None:
     return None
 
 
+def _is_temporary_of(candidate: Path, path: Path) -> bool:
+    """Whether ``candidate`` is how our writers name ``path`` while writing it (hidden, beside it)."""
+    return candidate.parent == path.parent and candidate.name.startswith(f".{path.stem}")
+
+
 def storage_error(
     err: BaseException, path: str | os.PathLike | None = None, need_bytes: int | None = None
 ) -> StorageError | None:
     """``err`` as a one-line :class:`StorageError`, or ``None`` when it is no such fault.
 
     ``path``: the file being written. It is named instead of what the OS named when that is nothing (``tarfile``
-    and ``torch.save`` write to an open file) or a file in the same folder (its temporary file); a file elsewhere
-    (an input that vanished, a temporary folder that is full) is named as the OS named it. ``need_bytes``: the
-    size being written, when known (said as "need about N MB")."""
+    and ``torch.save`` write to an open file) or its hidden temporary file beside it (``.<stem>...``); any other
+    file (an input that vanished, a full temporary folder) is named as the OS named it. ``need_bytes``: the size
+    being written, when known (said as "need about N MB")."""
     cause = _out_of_space(err)
     if cause is None:
         if not (isinstance(err, OSError) and err.errno in _FILE_FAULTS and (path or err.filename)):
@@ -79,7 +84,7 @@ def storage_error(
         cause = err
     words = _OUT_OF_SPACE.get(cause.errno) or _FILE_FAULTS[cause.errno]
     name = cause.filename
-    if path is not None and (name is None or Path(os.fsdecode(name)).parent == Path(path).parent):
+    if path is not None and (name is None or _is_temporary_of(Path(os.fsdecode(name)), Path(path))):
         name = path
     need = ""
     if need_bytes and cause.errno in _OUT_OF_SPACE:
