@@ -135,6 +135,9 @@ def test_a_writer_names_its_output_not_its_temporary_file_nor_an_input_beside_it
     vanished = FileNotFoundError(errno.ENOENT, "No such file or directory", str(tmp_path / "in.mp4"))
     assert str(storage_error(vanished, out)) == f"{tmp_path / 'in.mp4'}: no such file or folder"
     assert storage_error(ValueError("a bug"), out) is None
+    # a Rust extension's I/O error (safetensors: SafetensorError) says the errno only in its message
+    rust = RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)")
+    assert str(storage_error(rust, tmp_path / "model")) == f"{tmp_path / 'model'}: no space left on device"
 
 
 def test_a_bug_inside_hydra_instantiate_keeps_its_traceback():
@@ -187,6 +190,18 @@ def test_edit_into_a_read_only_folder_fails_on_one_line(capsys, tmp_path, monkey
                 "--model", "tiny", "--steps", "1", "--size", "32", "--frames", "2", "--quiet")  # fmt: skip
     _one_line(proc, "vidiff-edit", "read-only file system")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_model_export_onto_a_full_disk_names_the_folder_and_leaves_nothing(tiny_model, tmp_path):
+    from vidiff.errors import StorageError
+
+    out = tmp_path / "model"
+    with file_size_limit(20_000), pytest.raises(StorageError) as raised:  # the weights files are larger
+        tiny_model.save_pretrained(out)
+    assert str(raised.value).startswith(f"{out}: file too large") and "need about" in str(raised.value)
+    assert list(tmp_path.iterdir()) == []  # no partial model folder
+    tiny_model.save_pretrained(out)
+    assert (out / "model_index.json").is_file()
 
 
 # ---- vidiff-prep onto a full disk ----

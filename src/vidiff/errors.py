@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -53,19 +54,24 @@ _FILE_FAULTS = {
 
 
 def _out_of_space(err: BaseException) -> OSError | None:
-    """The out-of-space ``OSError`` behind ``err`` (itself, or one it was raised from or while handling)."""
+    """The out-of-space ``OSError`` behind ``err`` (itself, or one it was raised from or while handling; or the
+    ``(os error N)`` a Rust extension such as safetensors puts in its message)."""
     seen: set[int] = set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))
         if isinstance(err, OSError) and err.errno in _OUT_OF_SPACE:
             return err
+        rust = re.search(r"\(os error (\d+)\)", str(err))
+        if not isinstance(err, OSError) and rust and int(rust.group(1)) in _OUT_OF_SPACE:
+            return OSError(int(rust.group(1)), os.strerror(int(rust.group(1))))
         err = err.__cause__ or err.__context__
     return None
 
 
 def _is_temporary_of(candidate: Path, path: Path) -> bool:
-    """Whether ``candidate`` is how our writers name ``path`` while writing it (hidden, beside it)."""
-    return candidate.parent == path.parent and candidate.name.startswith(f".{path.stem}")
+    """Whether ``candidate`` is how our writers name ``path`` while writing it: hidden, beside it (a file, or a
+    folder the file is in)."""
+    return any(p.parent == path.parent and p.name.startswith(f".{path.stem}") for p in (candidate, *candidate.parents))
 
 
 def storage_error(
@@ -88,7 +94,8 @@ def storage_error(
         name = path
     need = ""
     if need_bytes and cause.errno in _OUT_OF_SPACE:
-        need = f" (need about {max(1, round(need_bytes / 2**20))} MB)"
+        mb = need_bytes / 2**20
+        need = f" (need about {mb:.0f} MB)" if mb >= 1 else f" (need about {max(1, round(need_bytes / 1024))} KB)"
     return StorageError(f"{name}: {words}{need}" if name is not None else f"{words}{need}")
 
 
