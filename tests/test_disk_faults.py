@@ -193,10 +193,10 @@ def test_edit_into_a_read_only_folder_fails_on_one_line(capsys, tmp_path, monkey
 
 
 def test_model_export_onto_a_full_disk_names_the_folder_and_leaves_nothing(tiny_model, tmp_path):
-    from vidiff.errors import StorageError
+    from vidiff.errors import VIDiffError
 
     out = tmp_path / "model"
-    with file_size_limit(20_000), pytest.raises(StorageError) as raised:  # the weights files are larger
+    with file_size_limit(20_000), pytest.raises(VIDiffError) as raised:  # the weights files are larger
         tiny_model.save_pretrained(out)
     assert str(raised.value).startswith(f"{out}: file too large") and "need about" in str(raised.value)
     assert list(tmp_path.iterdir()) == []  # no partial model folder
