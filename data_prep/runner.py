@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from vidiff.data_prep.encode import encode_sample
 from vidiff.data_prep.schema import FORMAT_VERSION, Job, PrepOptions, Sample, SkipSample, Spec
+from vidiff.errors import writing
 from vidiff.utils.files import publish, write_json_atomic
 
 
@@ -74,7 +75,8 @@ class ShardFile:
 
     def __init__(self, folder: Path, name: str):
         self.final = folder / name
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".partial", dir=folder)
+        with writing(self.final):  # a full disk or read-only folder: one line naming the shard
+            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".partial", dir=folder)
         self.tmp = Path(tmp)
         self._handle = os.fdopen(fd, "wb")
         # fixed mtime/owner: tar headers do not depend on when or by whom the shard was written
@@ -83,12 +85,14 @@ class ShardFile:
         self.count = 0
 
     def write(self, members: dict[str, Any]) -> None:
-        self._writer.write(members)
+        with writing(self.final):
+            self._writer.write(members)
         self.count += 1
 
     def publish(self) -> None:
-        self._writer.close()  # also closes the file handle
-        publish(self.tmp, self.final)
+        with writing(self.final):
+            self._writer.close()  # also closes the file handle
+            publish(self.tmp, self.final)
 
     def abort(self) -> None:
         try:

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from vidiff.data.tasks import TEMPLATES
-from vidiff.errors import VIDiffError
+from vidiff.errors import VIDiffError, user_error
 
 
 # the task presets fill in the paper's instruction phrasing; the segmentation one names an object to replace
@@ -330,16 +330,22 @@ def build_page(service: EditService):
             result = service.edit(request_of(*values), report, cancel)
         except EditCancelled:
             return None, None, None, "Cancelled."
-        except VIDiffError as err:
-            return None, None, None, f"Error: {err}"
+        except Exception as err:  # ours, or a full disk / vanished file: one line on the page; a bug propagates
+            problem = user_error(err)
+            if problem is None:
+                raise
+            return None, None, None, f"Error: {problem}"
         return str(result.output), str(result.side_by_side), result.masks_zip and str(result.masks_zip), result.message
 
     def run_grid(session, *values):
         service.forget_results()
         try:
             return str(service.guidance_grid(request_of(*values))), "Guidance grid: rows s_T, columns s_V."
-        except VIDiffError as err:
-            return None, f"Error: {err}"
+        except Exception as err:
+            problem = user_error(err)
+            if problem is None:
+                raise
+            return None, f"Error: {problem}"
 
     def cancel_edit(session):
         cancels.setdefault(session, threading.Event()).set()

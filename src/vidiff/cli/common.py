@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
-from vidiff.errors import VIDiffError
+from vidiff.errors import user_error
+
+
+def _report(prog: str, err: Exception) -> bool:
+    """Print ``err`` on one line if it is the user's to fix (see :func:`vidiff.errors.user_error`)."""
+    problem = user_error(err)
+    if problem is None:
+        return False
+    print(f"{prog}: error: {problem}", file=sys.stderr)
+    return True
 
 
 def run_cli(prog: str) -> Callable:
@@ -17,14 +27,27 @@ def run_cli(prog: str) -> Callable:
         def wrapper(argv: list[str] | None = None) -> int:
             try:
                 code = main(argv)
-            except VIDiffError as err:
-                print(f"{prog}: error: {err}", file=sys.stderr)
-                code = 2
             except KeyboardInterrupt:
                 print(f"{prog}: interrupted", file=sys.stderr)
                 code = 130
+            except Exception as err:
+                if not _report(prog, err):
+                    raise
+                code = 2
             return code
 
         return wrapper
 
     return decorate
+
+
+@contextlib.contextmanager
+def one_line_errors(prog: str) -> Iterator[None]:
+    """:func:`run_cli` for the body of a Hydra task function: user errors print one line and exit 2 there,
+    before Hydra's own handler would print its wrapper around them."""
+    try:
+        yield
+    except Exception as err:
+        if not _report(prog, err):
+            raise
+        sys.exit(2)

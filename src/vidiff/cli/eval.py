@@ -11,23 +11,18 @@ edited videos under ``videos/<method>/``, and the figures.
 
 from __future__ import annotations
 
-import sys
-
 import hydra
 from omegaconf import DictConfig
 
+from vidiff.cli.common import one_line_errors
 from vidiff.config import conf_dir
-from vidiff.errors import VIDiffError
 from vidiff.evaluation.runner import evaluate
 
 
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="eval")
 def _hydra_main(cfg: DictConfig) -> None:
-    try:
+    with one_line_errors("vidiff-eval"):
         evaluate(cfg)
-    except VIDiffError as err:
-        print(f"vidiff-eval: error: {err}", file=sys.stderr)
-        sys.exit(2)
 
 
 def main() -> None:

@@ -20,6 +20,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from vidiff.cli.common import one_line_errors
 from vidiff.config import conf_dir
 from vidiff.errors import VIDiffError
 
@@ -106,11 +107,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
 
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
-    try:
+    with one_line_errors("vidiff-train"):
         metrics, _ = train(cfg)
-    except VIDiffError as err:
-        print(f"vidiff-train: error: {err}", file=sys.stderr)
-        sys.exit(2)
     name = cfg.get("optimized_metric")
     if name:
         if name not in metrics:

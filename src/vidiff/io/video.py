@@ -19,7 +19,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from vidiff.errors import VideoReadError, VIDiffError
+from vidiff.errors import VideoReadError, VIDiffError, writing
 from vidiff.utils.files import publish
 
 
@@ -256,15 +256,21 @@ class VideoWriter:
         self.codec_options = dict(codec_options or {})
         if self.path.exists() and not overwrite:
             raise VIDiffError(f"{self.path}: output exists (pass --overwrite to replace it)")
-        if not self.path.parent.exists():
-            self.path.parent.mkdir(parents=True, exist_ok=True)
         self.fps = Fraction(fps).limit_denominator(1001 * 1000) if not isinstance(fps, Fraction) else fps
         self.crf, self.preset = crf, preset
         self.audio_from = Path(audio_from) if audio_from is not None else None
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=".partial.mp4", dir=self.path.parent)
-        os.close(fd)
-        self._tmp = Path(tmp)
-        self._container = av.open(str(self._tmp), mode="w", format="mp4")
+        # a full disk, a read-only or forbidden folder: one line naming the output (not its temporary file)
+        with writing(self.path):
+            if not self.path.parent.exists():
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=".partial.mp4", dir=self.path.parent)
+            os.close(fd)
+            self._tmp = Path(tmp)
+            try:
+                self._container = av.open(str(self._tmp), mode="w", format="mp4")
+            except BaseException:
+                self._tmp.unlink(missing_ok=True)
+                raise
         self._stream = None
         self.size: tuple[int, int] | None = None  # (height, width) as given by the first frame
         self.frames_written = 0
@@ -300,11 +306,12 @@ class VideoWriter:
             self._open_stream(frames.shape[1], frames.shape[2])
         if frames.shape[1:3] != self.size:
             raise ValueError(f"frame size {frames.shape[1:3]} differs from the first frame's {self.size}")
-        for array in frames:
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(array), format="rgb24")
-            for packet in self._stream.encode(frame):
-                self._container.mux(packet)
-            self.frames_written += 1
+        with writing(self.path):
+            for array in frames:
+                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(array), format="rgb24")
+                for packet in self._stream.encode(frame):
+                    self._container.mux(packet)
+                self.frames_written += 1
 
     def _copy_audio(self) -> None:
         if not self._audio_map:
@@ -324,12 +331,13 @@ class VideoWriter:
         try:
             if self._stream is None:
                 raise VIDiffError(f"{self.path}: no frames to write")
-            for packet in self._stream.encode(None):
-                self._container.mux(packet)
-            self._copy_audio()
-            self._container.close()
-            self._container = None
-            publish(self._tmp, self.path)
+            with writing(self.path):
+                for packet in self._stream.encode(None):
+                    self._container.mux(packet)
+                self._copy_audio()
+                self._container.close()
+                self._container = None
+                publish(self._tmp, self.path)
         except BaseException:
             self.abort()
             raise

@@ -28,7 +28,7 @@ from einops import rearrange
 from torch import nn
 from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
-from vidiff.errors import ModelLoadError
+from vidiff.errors import ModelLoadError, writing
 from vidiff.models.projector import ImageInstructionProjector
 from vidiff.utils.files import publish
 
@@ -226,32 +226,35 @@ class VIDiffModel(nn.Module):
     def save_pretrained(self, path: str | os.PathLike) -> Path:
         """Write the model directory atomically (a temp directory renamed into place)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
         transformers.utils.logging.disable_progress_bar()
-        try:
-            self.unet.save_pretrained(tmp / "unet", safe_serialization=True)
-            self.vae.save_pretrained(tmp / "vae", safe_serialization=True)
-            self.text_encoder.save_pretrained(tmp / "text_encoder", safe_serialization=True)
-            self.tokenizer.save_pretrained(tmp / "tokenizer")
-            self.noise_scheduler.save_pretrained(tmp / "scheduler")
-            if self.image_encoder is not None:
-                self.image_encoder.save_pretrained(tmp / "image_encoder", safe_serialization=True)
-                self.image_projector.save_pretrained(tmp / "image_projector", safe_serialization=True)
-            index = {
-                "_class_name": "VIDiffModel",
-                "format_version": FORMAT_VERSION,
-                "has_image_branch": self.image_encoder is not None,
-                "num_image_tokens": self.num_image_tokens,
-                "source_residual": self.source_residual,
-                "conditioning": self.conditioning,
-                "reference_frames": None if self.reference_frames is None else list(self.reference_frames),
-            }
-            (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
-            publish(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        need = sum(t.numel() * t.element_size() for t in self.state_dict().values())
+        # a full disk is one line naming the model folder (safetensors reports it in a SafetensorError)
+        with writing(path, need_bytes=need):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
+            try:
+                self.unet.save_pretrained(tmp / "unet", safe_serialization=True)
+                self.vae.save_pretrained(tmp / "vae", safe_serialization=True)
+                self.text_encoder.save_pretrained(tmp / "text_encoder", safe_serialization=True)
+                self.tokenizer.save_pretrained(tmp / "tokenizer")
+                self.noise_scheduler.save_pretrained(tmp / "scheduler")
+                if self.image_encoder is not None:
+                    self.image_encoder.save_pretrained(tmp / "image_encoder", safe_serialization=True)
+                    self.image_projector.save_pretrained(tmp / "image_projector", safe_serialization=True)
+                index = {
+                    "_class_name": "VIDiffModel",
+                    "format_version": FORMAT_VERSION,
+                    "has_image_branch": self.image_encoder is not None,
+                    "num_image_tokens": self.num_image_tokens,
+                    "source_residual": self.source_residual,
+                    "conditioning": self.conditioning,
+                    "reference_frames": None if self.reference_frames is None else list(self.reference_frames),
+                }
+                (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+                publish(tmp, path)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
         return path
 
     @classmethod

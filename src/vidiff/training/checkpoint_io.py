@@ -17,7 +17,24 @@ import torch
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from vidiff.errors import ModelLoadError
+from vidiff.errors import ModelLoadError, writing
+
+
+def _tensor_bytes(obj: Any, seen: set[int] | None = None) -> int:
+    """The bytes of the tensors in a (nested) checkpoint, each storage once: about the size ``torch.save``
+    writes (the "need about N MB" of a full disk)."""
+    seen = set() if seen is None else seen
+    if isinstance(obj, torch.Tensor):
+        storage = obj.untyped_storage()
+        if storage.data_ptr() in seen:
+            return 0
+        seen.add(storage.data_ptr())
+        return storage.nbytes()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v, seen) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(_tensor_bytes(v, seen) for v in obj)
+    return 0
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -30,7 +47,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
         try:
-            with open(tmp, "wb") as f:
+            # a full disk is one line naming the checkpoint (torch.save wraps the OSError in a RuntimeError)
+            with writing(path, need_bytes=_tensor_bytes(checkpoint)), open(tmp, "wb") as f:
                 torch.save(checkpoint, f)
                 f.flush()
                 os.fsync(f.fileno())

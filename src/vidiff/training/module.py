@@ -32,6 +32,7 @@ from vidiff.models import VIDiffModel
 from vidiff.models.autoencoder import autoencoder_fingerprint, sample_latents
 from vidiff.models.unet import is_temporal_parameter
 from vidiff.pipelines.vidiff_pipeline import tensor_to_frames
+from vidiff.training.checkpoint_io import AtomicCheckpointIO
 from vidiff.training.objective import (
     ConditionDropout,
     DiffusionObjective,
@@ -67,8 +68,9 @@ def load_init_weights(model: VIDiffModel, path: str | Path) -> None:
         source = VIDiffModel.from_pretrained(path)
         state, scaling_factor = source.state_dict(), source.vae.config.scaling_factor
     elif path.is_file():
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        if "state_dict" not in checkpoint:
+        # a file that is not a checkpoint (or needs unpickling) is one line, as for ckpt_path
+        checkpoint = AtomicCheckpointIO().load_checkpoint(path)
+        if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
             raise ModelLoadError(f"{path}: not a Lightning checkpoint (no state_dict)")
         state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
         scaling_factor = checkpoint.get("vae_scaling_factor")

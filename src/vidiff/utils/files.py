@@ -8,6 +8,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from vidiff.errors import writing
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -38,8 +40,12 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     """Write a text file so that a reader never sees half of it (temporary name beside it, then rename)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    tmp.write_text(text)
-    return publish(tmp, path)
+    try:
+        with writing(path):  # a full disk: one line naming the file (a failed write names none)
+            tmp.write_text(text)
+            return publish(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
