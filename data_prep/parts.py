@@ -142,15 +142,15 @@ def _reason(err: BaseException) -> str:
     return (lines[-1] if lines else type(err).__name__)[:200]
 
 
-def launch(argv: list[str], args, out: Path, label: str, done: Callable[[int], bool]) -> None:
-    """Submit every unfinished part of ``argv``'s run through submitit and wait; raise when parts still fail."""
+def make_executor(args, folder: Path, label: str):
+    """submitit's executor for ``--launcher`` with the per-part resources (one node, one task per part)."""
     import submitit
-    from tqdm.auto import tqdm
 
-    num_parts = args.num_parts
-    folder = Path(args.log_dir) if args.log_dir else out / ".vidiff-prep" / "submitit"
     folder.mkdir(parents=True, exist_ok=True)
-    executor = submitit.AutoExecutor(folder=folder, cluster=args.launcher)
+    try:
+        executor = submitit.AutoExecutor(folder=folder, cluster=args.launcher)
+    except RuntimeError as err:  # e.g. no srun on this machine
+        raise VIDiffError(f"--launcher {args.launcher}: {err}") from None
     params = {
         "name": f"vidiff-prep-{label}",
         "timeout_min": args.time,
@@ -167,6 +167,16 @@ def launch(argv: list[str], args, out: Path, label: str, done: Callable[[int], b
         if args.max_parallel:
             params["slurm_array_parallelism"] = args.max_parallel
     executor.update_parameters(**params)
+    return executor
+
+
+def launch(argv: list[str], args, out: Path, label: str, done: Callable[[int], bool]) -> None:
+    """Submit every unfinished part of ``argv``'s run through submitit and wait; raise when parts still fail."""
+    from tqdm.auto import tqdm
+
+    num_parts = args.num_parts
+    folder = Path(args.log_dir) if args.log_dir else out / ".vidiff-prep" / "submitit"
+    executor = make_executor(args, folder, label)
 
     def submit(parts: list[int]) -> dict:
         # the parts run this very command line, each as one part, in its own process

@@ -86,7 +86,9 @@ def webvid(clips, tmp_path_factory):
     rows = ["videoid,contentUrl,duration,page_dir,name"]
     for i, present in enumerate([True, False, True, True, None, False, True]):
         videoid = str(1000 + i)
-        rows.append(f'{videoid},https://x/{videoid}.mp4,PT10S,001_050,"{"" if present is None else f"Clip {i}, a car"}"')
+        rows.append(
+            f'{videoid},https://x/{videoid}.mp4,PT10S,001_050,"{"" if present is None else f"Clip {i}, a car"}"'
+        )
         if i == 3:
             rows.append("")
         if present:
@@ -206,7 +208,7 @@ def test_concurrent_local_parts_lose_nothing(clips, single_run, autoencoder, tmp
         manifest = json.loads((tmp_path / "latents" / task / "latents.json").read_text())
         assert set(manifest["shards"]) == {p.name for p in (out / task).glob("*.tar")}
         assert sum(r["samples"] for r in manifest["shards"].values()) == report["tasks"][task]["written"]
-    assert {k for k in samples(tmp_path / "latents")} == set(samples(single_out))
+    assert set(samples(tmp_path / "latents")) == set(samples(single_out))
     check_sizes(tmp_path / "latents")
 
 
@@ -303,3 +305,24 @@ def test_part_flags_are_checked(clips, tmp_path, capsys, monkeypatch):
     assert (tmp_path / "o" / "reports" / "video-folder.parts" / "part-00001-of-00002.json").exists()
     assert prep_main([*args, "--num-parts", "3", "--merge"]) == 2  # another run's parts do not count
     assert "part 0 missing" in capsys.readouterr().err
+
+
+def test_slurm_launcher_asks_one_gpu_per_latents_part(tmp_path, monkeypatch, capsys):
+    """The sbatch script submitit would submit (a fake ``srun`` stands in for a cluster); without one, one line."""
+    from vidiff.cli.prep import build_parser
+    from vidiff.data_prep.parts import make_executor
+
+    argv = ["latents", "--model", "m", "--shards", "s", "--out", "o", "--num-parts", "16", "--launcher", "slurm"]
+    args = build_parser().parse_args([*argv, "--partition", "gpu", "--mem-gb", "64", "--time", "600"])
+    monkeypatch.setenv("PATH", str(tmp_path))  # no srun here
+    (tmp_path / "shards" / "t2v").mkdir(parents=True)
+    (tmp_path / "shards" / "t2v" / "webvid-train-000000.tar").touch()
+    assert prep_main([*argv, "--shards", str(tmp_path / "shards")]) == 2
+    assert 'Could not detect "srun"' in capsys.readouterr().err
+    (tmp_path / "srun").write_text("#!/bin/sh\n")
+    (tmp_path / "srun").chmod(0o755)
+    executor = make_executor(args, tmp_path / "logs", "latents")
+    executor._executor.parameters["map_count"] = 16  # what map_array sets for a 16-part array
+    script = executor._executor._make_submission_file_text("python -m submitit.core._submit", "uid")
+    for line in ("--gpus-per-node=1", "--partition=gpu", "--mem=64GB", "--time=600", "--array=0-15%16", "--nodes=1"):
+        assert f"#SBATCH {line}" in script, line
