@@ -54,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated, from {','.join(TASKS)}")
     parser.add_argument("--csv", default=None, help="one CSV file (split from its name, else --split, else train)")
     parser.add_argument(
-        "--rows-per-part", type=int, default=10_000, help="CSV rows per resumable part (default %(default)s)"
+        "--rows-per-part", type=int, default=10_000, help="CSV rows per resumable chunk (default %(default)s)"
     )
 
 

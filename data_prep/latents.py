@@ -26,6 +26,7 @@ and the merge (``--merge``, or the end of a one-part or launched run) folds them
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -220,27 +221,47 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise VIDiffError(f"{path}: invalid JSON ({err}); delete it to convert again") from None
 
 
-def _earlier_records(out: Path, tasks, info: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
-    """What earlier runs converted with this autoencoder and dtype: merged manifests, then every part manifest
-    (a part whose merge never ran still counts), oldest first. Keyed by (task, shard name)."""
+def latest_records(out: Path, tasks) -> dict[tuple[str, str], dict[str, Any]]:
+    """The newest record of every output shard of ``tasks`` in ``out``, from the merged manifests and every part
+    manifest (a part whose merge never ran counts too), each with the ``autoencoder`` and ``dtype`` it was written
+    with. Keyed by (task, shard name); a record read later (by file mtime) replaces an earlier one."""
+    sources = [(p.stat().st_mtime_ns, p, t) for t in tasks if (p := out / t / MANIFEST).exists()]
+    sources += [(p.stat().st_mtime_ns, p, None) for p in (out / STATE_DIR / "latents").glob("*.json")]
     records: dict[tuple[str, str], dict[str, Any]] = {}
-    for task in tasks:
-        manifest_path = out / task / MANIFEST
-        manifest = _read_json(manifest_path) if manifest_path.exists() else {}
-        if (
-            manifest.get("autoencoder") == info["autoencoder"]
-            and manifest.get("dtype", info["dtype"]) == info["dtype"]
-        ):
-            for name, record in manifest.get("shards", {}).items():
-                records[(task, name)] = record
-    # the newest record of a shard wins (an output rewritten later from another input is that input's)
-    for path in sorted((out / STATE_DIR / "latents").glob("*.json"), key=lambda p: p.stat().st_mtime_ns):
+    for _, path, task in sorted(sources, key=lambda source: source[0]):
         saved = _read_json(path)
-        if saved.get("autoencoder") == info["autoencoder"] and saved.get("dtype") == info["dtype"]:
-            for task, entry in saved.get("tasks", {}).items():
-                for name, record in entry.get("shards", {}).items():
-                    records[(task, name)] = record
+        tag = {"autoencoder": saved.get("autoencoder"), "dtype": saved.get("dtype")}
+        shards = (
+            {task: saved.get("shards", {})}
+            if task
+            else {t: e.get("shards", {}) for t, e in saved.get("tasks", {}).items()}
+        )
+        for t, entries in shards.items():
+            for name, record in entries.items():
+                if t in tasks:
+                    records[(t, name)] = {**record, **tag}
     return records
+
+
+def _matching(records: dict, info: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {
+        key: {k: v for k, v in r.items() if k not in ("autoencoder", "dtype")}
+        for key, r in records.items()
+        if r["autoencoder"] == info["autoencoder"] and r["dtype"] == info["dtype"]
+    }
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An exclusive lock on ``path`` while the block runs (none where the file system has no locks)."""
+    import fcntl
+
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        except OSError:
+            pass
+        yield
 
 
 def run(args, argv: list[str]) -> int:
@@ -296,7 +317,7 @@ def convert_part(args, out: Path, found: dict[str, list[Path]], run_id: str, par
                 f"{out / task}: holds latents of autoencoder {manifest.get('autoencoder')}, not of this model's "
                 f"{info['autoencoder']}; pass --overwrite to replace them, or choose another --out"
             )
-    earlier = _earlier_records(out, found, info)
+    earlier = _matching(latest_records(out, found), info)
     mine = [(task, src) for task, inputs in found.items() for src in inputs][part::num_parts]
     part_path = _part_path(out, run_id, part, num_parts)
     state: dict[str, Any] = {
@@ -352,23 +373,28 @@ def merge(out: Path, found: dict[str, list[Path]], run_id: str, num_parts: int, 
     for task, inputs in found.items():
         folder = out / task
         manifest_path = folder / MANIFEST
-        old = _read_json(manifest_path) if manifest_path.exists() else {}
-        records = dict(old.get("shards", {})) if old.get("autoencoder") == info["autoencoder"] else {}
         names = {src.name for src in inputs}
-        if old and old.get("autoencoder") != info["autoencoder"]:  # --overwrite: the other autoencoder's go
-            for stale in set(old.get("shards", {})) - names:
-                (folder / stale).unlink(missing_ok=True)
+        # one merge at a time per folder: runs of other splits or tasks may merge into it at the same moment
+        with _locked(folder / ".latents.json.lock"):
+            old = _read_json(manifest_path) if manifest_path.exists() else {}
+            if old and old.get("autoencoder") != info["autoencoder"]:  # --overwrite: the other autoencoder's go
+                for stale in set(old.get("shards", {})) - names:
+                    (folder / stale).unlink(missing_ok=True)
+            records = {
+                name: record
+                for (t, name), record in _matching(latest_records(out, [task]), info).items()
+                if t == task and (folder / name).exists()
+            }
+            absent = sorted(n for n in names if n not in records)
+            if absent:
+                raise VIDiffError(f"{folder / absent[0]}: no part of this run converted it ({len(absent)} shard(s))")
+            write_json_atomic(manifest_path, {**info, "shards": dict(sorted(records.items()))})
+        update_sizes(folder, {n: records[n]["samples"] for n in sorted(names)})
         entry = {"written": 0, "skipped": 0, "reused": 0, "skips": []}
         for state in saved:
             part_entry = state["tasks"].get(task, {})
-            records.update(part_entry.get("shards", {}))
             for key in ("written", "skipped", "reused", "skips"):
                 entry[key] += part_entry.get(key, 0 if key != "skips" else [])
-        absent = sorted(n for n in names if n not in records or not (folder / n).exists())
-        if absent:
-            raise VIDiffError(f"{folder / absent[0]}: no part of this run converted it ({len(absent)} shard(s))")
-        write_json_atomic(manifest_path, {**info, "shards": dict(sorted(records.items()))})
-        update_sizes(folder, {n: records[n]["samples"] for n in sorted(names)})
         total += sum(records[n]["samples"] for n in names)
         report["tasks"][task] = entry
         reused = f", {entry['reused']} shard(s) already converted" if entry["reused"] else ""

@@ -130,7 +130,10 @@ def update_sizes(folder: Path, counts: dict[str, int], drop_prefixes: Iterable[s
 
     path = folder / "sizes.json"
     with open(folder / ".sizes.json.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        except OSError:  # a file system without locks (some network mounts): merges of one source never race
+            pass
         sizes = json.loads(path.read_text()) if path.exists() else {}
         prefixes = tuple(drop_prefixes)
         sizes = {k: v for k, v in sizes.items() if not (prefixes and k.startswith(prefixes))}

@@ -119,7 +119,18 @@ def autoencoder(tmp_path_factory):
 
 
 def video_folder_args(clips: Path, out: Path) -> list[str]:
-    return ["video-folder", "--root", str(clips), "--out", str(out), "--tasks", "deblur,recolor", *SMALL]
+    return [
+        "video-folder",
+        "--root",
+        str(clips),
+        "--out",
+        str(out),
+        "--tasks",
+        "deblur,recolor",
+        "--val-videos",
+        "c*",
+        *SMALL,
+    ]
 
 
 def webvid_args(root: Path, out: Path) -> list[str]:
@@ -187,27 +198,29 @@ def test_concurrent_local_parts_lose_nothing(clips, single_run, autoencoder, tmp
     out = tmp_path / "parts"
     report = prep([*video_folder_args(clips, out), "--num-parts", "4", "--launcher", "local"])
     check_same_as_single(out, report, single_out, single_report)
-    # the latents of those shards, four parts at once into one folder (four threads here: a latents process
-    # spends seconds importing diffusers), then the merge: every shard is in the manifest
+    # latents of those shards: two runs at once into one folder (the train split, the val split), two parts
+    # each; four threads here, since a latents process spends seconds importing diffusers. Then both merges, at
+    # once too: every shard of both splits is in the one manifest of each task folder.
     import threading
 
     latents = ["latents", "--model", str(autoencoder), "--shards", str(out), "--out", str(tmp_path / "latents")]
-    latents += ["--device", "cpu", "--quiet", "--num-parts", "4"]
+    latents += ["--device", "cpu", "--quiet", "--num-parts", "2"]
     codes = {}
-    threads = [
-        threading.Thread(target=lambda i=i: codes.setdefault(i, prep_main([*latents, "--part", str(i)])))
-        for i in range(4)
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert codes == dict.fromkeys(range(4), 0)
-    report = prep([*latents, "--merge"])
+
+    def at_once(calls: dict) -> None:
+        threads = [threading.Thread(target=lambda k=k: codes.setdefault(k, prep_main(calls[k]))) for k in calls]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    at_once({(split, i): [*latents, "--split", split, "--part", str(i)] for split in ("train", "val") for i in (0, 1)})
+    at_once({split: [*latents, "--split", split, "--merge"] for split in ("train", "val")})
+    assert set(codes.values()) == {0} and len(codes) == 6
     for task in ("deblur", "recolor"):
         manifest = json.loads((tmp_path / "latents" / task / "latents.json").read_text())
         assert set(manifest["shards"]) == {p.name for p in (out / task).glob("*.tar")}
-        assert sum(r["samples"] for r in manifest["shards"].values()) == report["tasks"][task]["written"]
+        assert {p.name for p in (out / task).glob("*-val-*.tar")} and {p.name for p in (out / task).glob("*-train-*")}
     assert set(samples(tmp_path / "latents")) == set(samples(single_out))
     check_sizes(tmp_path / "latents")
 
