@@ -47,12 +47,13 @@ EXECUTION_FLAGS = (
 def add_arguments(parser, gpus_per_task: int = 0) -> None:
     group = parser.add_argument_group("parts and cluster submission")
     group.add_argument(
-        "--num-parts", type=int, default=1, help="split the work into N parts (each resumable; default 1)"
+        "--num-parts", type=int, default=1, metavar="N", help="split the work into N parts (each resumable; default 1)"
     )
     group.add_argument(
         "--part",
         type=int,
         default=None,
+        metavar="I",
         help=f"run only part i (0-based); default with --num-parts > 1: ${ARRAY_INDEX_ENV} (a SLURM array)",
     )
     group.add_argument(
@@ -66,18 +67,37 @@ def add_arguments(parser, gpus_per_task: int = 0) -> None:
         "resubmit failures, merge (default %(default)s: run here)",
     )
     group.add_argument("--partition", default=None, help="SLURM partition")
-    group.add_argument("--time", type=int, default=240, help="minutes per part (default %(default)s)")
-    group.add_argument("--cpus-per-task", type=int, default=None, help="CPUs per part (default: --workers)")
-    group.add_argument("--gpus-per-task", type=int, default=gpus_per_task, help="GPUs per part (default %(default)s)")
-    group.add_argument("--mem-gb", type=int, default=None, help="memory per part in GB (default: the cluster's)")
     group.add_argument(
-        "--retries", type=int, default=2, help="resubmissions of a failed part before giving up (default %(default)s)"
+        "--time", type=int, default=240, metavar="MINUTES", help="minutes per part (default %(default)s)"
     )
     group.add_argument(
-        "--max-parallel", type=int, default=None, help="parts running at once (SLURM array throttle; default all)"
+        "--cpus-per-task", type=int, default=None, metavar="N", help="CPUs per part (default: --workers, else 1)"
     )
     group.add_argument(
-        "--log-dir", default=None, help="submitit's job files and logs (default <out>/.vidiff-prep/submitit)"
+        "--gpus-per-task", type=int, default=gpus_per_task, metavar="N", help="GPUs per part (default %(default)s)"
+    )
+    group.add_argument(
+        "--mem-gb", type=int, default=None, metavar="GB", help="memory per part in GB (default: the cluster's)"
+    )
+    group.add_argument(
+        "--retries",
+        type=int,
+        default=2,
+        metavar="N",
+        help="resubmissions of a failed part before giving up (default %(default)s)",
+    )
+    group.add_argument(
+        "--max-parallel",
+        type=int,
+        default=None,
+        metavar="N",
+        help="parts running at once (SLURM array throttle; default all)",
+    )
+    group.add_argument(
+        "--log-dir",
+        default=None,
+        metavar="DIR",
+        help="submitit's job files and logs (default <out>/.vidiff-prep/submitit)",
     )
 
 
