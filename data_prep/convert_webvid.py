@@ -15,6 +15,10 @@ The videos present are indexed once (a walk of the tree and the ``.json`` member
 themselves); the CSV is then streamed in parts of ``--rows-per-part`` rows, each part its own resumable job, and a
 video's frames are counted in the worker that converts it. So the first shard appears after the first part,
 whatever the CSV's size. Many WebVid URLs are dead: a listed video that is not there is a counted skip.
+
+With ``--num-parts N`` (a cluster run), chunk ``c`` of ``--rows-per-part`` rows belongs to part ``c mod N``: every
+part streams the CSV (one row in memory at a time) and builds specs for its own chunks only, and the shard names
+``webvid-<split>-CCCCC-NNNNNN.tar`` are those a single run writes.
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated, from {','.join(TASKS)}")
     parser.add_argument("--csv", default=None, help="one CSV file (split from its name, else --split, else train)")
     parser.add_argument(
-        "--rows-per-part", type=int, default=10_000, help="CSV rows per resumable part (default %(default)s)"
+        "--rows-per-part", type=int, default=10_000, help="CSV rows per resumable chunk (default %(default)s)"
     )
 
 
@@ -152,19 +156,34 @@ def make_jobs(root: Path, args: argparse.Namespace, options: PrepOptions) -> Ite
     index = index_videos(root)
     if not index:
         raise VIDiffError(f"{root}: no videos found; expected one of: " + "; ".join(LAYOUTS))
-    return _parts(files, index, tasks, int(args.rows_per_part))
+    num_parts = getattr(args, "num_parts", 1)
+    part = getattr(args, "part", None) or 0
+    return _parts(files, index, tasks, int(args.rows_per_part), num_parts, part)
 
 
-def _parts(files, index, tasks, rows_per_part: int) -> Iterator[Job]:
-    part = 0
+def _parts(files, index, tasks, rows_per_part: int, num_parts: int = 1, part: int = 0) -> Iterator[Job]:
+    """One job per task and chunk of ``rows_per_part`` rows, for the chunks ``c`` with ``c mod num_parts == part``
+    (the runner's choice too); the other chunks' rows are parsed (to count them) but never held or looked up."""
+    chunk = 0
     for path, split in files:
         with path.open(newline="", encoding="utf-8") as handle:
-            rows = enumerate(csv.DictReader(handle), start=2)
-            while chunk := list(itertools.islice(rows, rows_per_part)):
-                specs = [_spec(path, line, row, index) for line, row in chunk]
+            reader = csv.reader(handle)
+            header = next(reader, [])
+            # numbered and filtered as csv.DictReader does (blank lines are not rows); line = row number + 1
+            rows = enumerate((row for row in reader if row), start=2)
+            while True:
+                if chunk % num_parts != part:
+                    if not sum(1 for _ in itertools.islice(rows, rows_per_part)):
+                        break
+                    chunk += 1
+                    continue
+                block = list(itertools.islice(rows, rows_per_part))
+                if not block:
+                    break
+                specs = [_spec(path, line, dict(zip(header, row)), index) for line, row in block]
                 for task in tasks:
-                    yield Job(task, split, specs, part=part)
-                part += 1
+                    yield Job(task, split, specs, part=chunk)
+                chunk += 1
 
 
 def _spec(path: Path, line: int, row: dict, index: dict) -> Spec:

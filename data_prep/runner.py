@@ -10,7 +10,10 @@ with the reason. :func:`run_converter` turns jobs into shards:
 - resumable: after each shard the job's progress (next spec, counts, skips) is committed to a state file, so
   a rerun after an interruption continues where the last committed shard ended and the result equals an
   uninterrupted run;
-- accounted: every skip is recorded with its reason in the JSON report; nothing is dropped silently.
+- accounted: every skip is recorded with its reason in the JSON report; nothing is dropped silently;
+- partable: ``num_parts``/``part`` run one part of the jobs (a listing's chunks round-robin, other jobs' specs in
+  contiguous slices); a part writes only its own shards, states and part report, so parts run at the same time
+  into one folder, and :func:`merge_parts` combines them (the union equals one run over everything).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -29,8 +32,9 @@ import webdataset as wds
 from tqdm.auto import tqdm
 
 from vidiff.data_prep.encode import encode_sample
+from vidiff.data_prep.parts import missing_parts_error, part_tag
 from vidiff.data_prep.schema import FORMAT_VERSION, Job, PrepOptions, Sample, SkipSample, Spec
-from vidiff.errors import writing
+from vidiff.errors import VIDiffError, writing
 from vidiff.utils.files import publish, write_json_atomic
 
 
@@ -120,41 +124,185 @@ def _fingerprint(source: str, job: Job, options: PrepOptions, extra: dict[str, A
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def update_sizes(folder: Path, name: str, count: int) -> None:
-    """``sizes.json`` (shard file -> samples), the open_clip convention for sizing epochs."""
+def update_sizes(folder: Path, counts: dict[str, int], drop_prefixes: Iterable[str] = ()) -> None:
+    """``sizes.json`` (shard file -> samples), the open_clip convention for sizing epochs: set ``counts``, after
+    dropping the entries whose names start with one of ``drop_prefixes`` (a run's own, listed again in full).
+
+    Only merges write it (never a part), under an exclusive lock, since several sources share a task folder."""
+    import fcntl
+
     path = folder / "sizes.json"
-    sizes = json.loads(path.read_text()) if path.exists() else {}
-    sizes[name] = count
-    write_json_atomic(path, sizes)
+    with open(folder / ".sizes.json.lock", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        except OSError:  # a file system without locks (some network mounts): merges of one source never race
+            pass
+        sizes = json.loads(path.read_text()) if path.exists() else {}
+        prefixes = tuple(drop_prefixes)
+        sizes = {k: v for k, v in sizes.items() if not (prefixes and k.startswith(prefixes))}
+        sizes.update(counts)
+        write_json_atomic(path, dict(sorted(sizes.items())))
+
+
+def select_part(jobs: Iterable[Job], num_parts: int, part: int) -> Iterator[tuple[Job, list[int] | None]]:
+    """Part ``part``'s share of ``jobs``: a chunk of a long listing (``job.part`` set) whole, round-robin by chunk
+    number (its shard names are those of a single run); any other job's specs in ``num_parts`` contiguous slices,
+    slice ``part`` numbered ``part`` (shards ``<source>-<split>-PPPPP-NNNNNN.tar``), with its ``[start, stop)``."""
+    for job in jobs:
+        if num_parts == 1:
+            yield job, None
+        elif job.part is not None:
+            if job.part % num_parts == part:
+                yield job, None
+        else:
+            n = len(job.specs)
+            start, stop = n * part // num_parts, n * (part + 1) // num_parts
+            yield Job(job.task, job.split, job.specs[start:stop], part=part), [start, stop]
+
+
+def part_report_path(out_dir: Path, source: str, part: int, num_parts: int) -> Path:
+    return Path(out_dir) / "reports" / f"{source}.parts" / f"{part_tag(part, num_parts)}.json"
+
+
+def part_complete(out_dir: Path, source: str, part: int, num_parts: int, run: str) -> bool:
+    path = part_report_path(out_dir, source, part, num_parts)
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):  # absent, unreadable or half-written: not finished
+        return False
+    return bool(saved.get("complete")) and saved.get("run") == run
 
 
 def run_converter(
     source: str,
-    jobs: Sequence[Job],
+    jobs: Iterable[Job],
     build: Callable[[Job, Spec, PrepOptions], Sample],
     out_dir: Path,
     options: PrepOptions,
     extra: dict[str, Any] | None = None,
     progress: bool = True,
+    num_parts: int = 1,
+    part: int = 0,
+    run: str = "",
 ) -> dict[str, Any]:
-    """Write every job's shards under ``out_dir/<task>/`` and return (and save) the run report."""
+    """Write part ``part`` of ``num_parts`` of the jobs' shards under ``out_dir/<task>/`` and return (and save, as
+    ``reports/<source>.parts/part-PPPPP-of-NNNNN.json``) the part's report; :func:`merge_parts` combines parts."""
     out_dir = Path(out_dir)
-    report: dict[str, Any] = {"source": source, "out": str(out_dir), "options": asdict(options), "jobs": []}
+    report: dict[str, Any] = {
+        "source": source,
+        "out": str(out_dir),
+        "options": asdict(options),
+        "run": run,
+        "part": part,
+        "num_parts": num_parts,
+        "complete": False,
+        "jobs": [],
+    }
+    report_path = part_report_path(out_dir, source, part, num_parts)
+    write_json_atomic(report_path, report)  # an unfinished part is visible as such to the merge
     pool = None
     if options.workers > 1:
         import multiprocessing
 
         pool = multiprocessing.get_context("spawn").Pool(options.workers)
     try:
-        for job in jobs:
-            report["jobs"].append(_run_job(source, job, build, out_dir, options, extra or {}, progress, pool))
+        for job, span in select_part(jobs, num_parts, part):
+            entry = _run_job(source, job, build, out_dir, options, extra or {}, progress, pool)
+            if span is not None:
+                entry["slice"] = span
+            report["jobs"].append(entry)
     finally:
         if pool is not None:
             pool.terminate()
     report["written"] = sum(j["written"] for j in report["jobs"])
     report["skipped"] = sum(j["skipped"] for j in report["jobs"])
+    report["complete"] = True
+    write_json_atomic(report_path, report)
+    return report
+
+
+def merge_parts(source: str, out_dir: Path, num_parts: int, run: str) -> dict[str, Any]:
+    """Check that every part of the run finished and left its shards, then write the run's report
+    (``reports/<source>.json``: a job cut into slices is one entry again) and every task folder's ``sizes.json``.
+
+    Fails, naming them, when a part is missing, unfinished or from another run, when a listed shard is gone, or
+    when a task folder holds shards of this source and split that no part wrote (left by a run with another
+    ``--num-parts`` or other inputs: they would be read as data)."""
+    out_dir = Path(out_dir)
+    parts, problems = [], {}
+    for part in range(num_parts):
+        path = part_report_path(out_dir, source, part, num_parts)
+        if not path.exists():
+            problems[part] = "missing"
+            continue
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            problems[part] = f"has an unreadable report ({err})"
+            continue
+        if saved.get("run") != run:
+            problems[part] = "is from another run (other inputs or flags)"
+        elif not saved.get("complete"):
+            problems[part] = "unfinished"
+        else:
+            parts.append(saved)
+    if problems:
+        raise missing_parts_error(f"{source} in {out_dir}", problems, num_parts)
+
+    merged: dict[tuple, dict[str, Any]] = {}
+    for saved in parts:
+        for job in saved["jobs"]:
+            key = (job["task"], job["split"], -1 if "slice" in job or job.get("part") is None else job["part"])
+            entry = merged.setdefault(
+                key,
+                {
+                    "task": job["task"],
+                    "split": job["split"],
+                    "specs": 0,
+                    "written": 0,
+                    "skipped": 0,
+                    "skips": [],
+                    "shards": [],
+                    "resumed_from_spec": 0,
+                },
+            )
+            if key[2] >= 0:
+                entry["part"] = key[2]
+            for field_ in ("specs", "written", "skipped", "skips", "shards"):
+                entry[field_] += job[field_]
+            entry["resumed_from_spec"] += job["resumed_from_spec"]
+    jobs = [merged[k] for k in sorted(merged)]
+    for (task, split), listed in _shards_by_folder(jobs).items():
+        folder = out_dir / task
+        gone = sorted(set(listed) - {p.name for p in folder.glob(f"{source}-{split}-*.tar")})
+        if gone:
+            raise VIDiffError(f"{folder / gone[0]}: listed by a finished part but missing ({len(gone)} shard(s))")
+        stray = sorted({p.name for p in folder.glob(f"{source}-{split}-*.tar")} - set(listed))
+        if stray:
+            raise VIDiffError(
+                f"{folder / stray[0]}: {len(stray)} {source}/{split} shard(s) that no part of this run wrote (an "
+                "earlier run with another --num-parts or other inputs?); delete them or use a fresh --out"
+            )
+    for task in sorted({j["task"] for j in jobs}):
+        counts = {s["name"]: s["count"] for j in jobs if j["task"] == task for s in j["shards"]}
+        splits = {j["split"] for j in jobs if j["task"] == task}
+        update_sizes(out_dir / task, counts, drop_prefixes=[f"{source}-{split}-" for split in sorted(splits)])
+    report = {k: v for k, v in parts[0].items() if k in ("source", "out", "options", "run")}
+    report.update(
+        num_parts=num_parts,
+        jobs=jobs,
+        written=sum(j["written"] for j in jobs),
+        skipped=sum(j["skipped"] for j in jobs),
+    )
     write_json_atomic(out_dir / "reports" / f"{source}.json", report)
     return report
+
+
+def _shards_by_folder(jobs: list[dict[str, Any]]) -> dict[tuple[str, str], list[str]]:
+    found: dict[tuple[str, str], list[str]] = {}
+    for job in jobs:
+        found.setdefault((job["task"], job["split"]), []).extend(s["name"] for s in job["shards"])
+    return found
 
 
 def _run_job(source, job, build, out_dir, options, extra, progress, pool) -> dict[str, Any]:
@@ -224,6 +372,7 @@ def _run_job(source, job, build, out_dir, options, extra, progress, pool) -> dic
     return {
         "task": job.task,
         "split": job.split,
+        "part": part,
         "specs": len(job.specs),
         "written": state.written,
         "skipped": len(state.skips),
@@ -237,5 +386,4 @@ def _commit(state: JobState, shard: ShardFile, next_spec: int, folder: Path, sta
     shard.publish()
     state.shards.append({"name": shard.final.name, "count": shard.count})
     state.next_spec = next_spec
-    update_sizes(folder, shard.final.name, shard.count)
     write_json_atomic(state_path, asdict(state))

@@ -3,10 +3,13 @@
     vidiff-prep video-folder --root clips/ --out data/ --val-videos 'bikes*'
     vidiff-prep bsd --root BSD/ --out data/ --split test
     vidiff-prep latents --model outputs/vae/model --shards data/ --out data-latents/   (after the autoencoder is fixed)
+    vidiff-prep webvid --root /data/webvid --out /data/shards --num-parts 100 --launcher slurm --partition cpu
 
 Shards go to ``<out>/<task>/<source>-<split>-NNNNNN.tar``; the run report (samples written, every skip with
 its reason) to ``<out>/reports/<source>.json``. Rerunning after an interruption resumes; rerunning a finished
-job is a no-op. The sample format is documented in ``data_prep/README.md``.
+job is a no-op. ``--num-parts N --part i`` runs one part (``--merge`` combines finished parts), ``--launcher
+slurm|local`` submits all N through submitit (``vidiff.data_prep.parts``). The sample format is documented in
+``data_prep/README.md``.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import re
+import sys
 from pathlib import Path
 
 from vidiff.cli.common import run_cli
@@ -33,6 +37,7 @@ CONVERTERS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from vidiff.data_prep import parts
     from vidiff.data_prep.schema import PrepOptions
 
     defaults = PrepOptions()
@@ -96,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--quiet", action="store_true", help="no progress bars")
         module.add_arguments(p)
+        parts.add_arguments(p)
     latents = importlib.import_module("vidiff.data_prep.latents")
     p = sub.add_parser(
         "latents",
@@ -104,19 +110,23 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     latents.add_arguments(p)
+    parts.add_arguments(p, gpus_per_task=1)
     return parser
 
 
-@run_cli("vidiff-prep")
-def main(argv: list[str] | None = None) -> int:
-    from vidiff.data_prep.runner import run_converter
+def run_prep(argv: list[str] | None = None) -> int:
+    """``vidiff-prep`` without the one-line error handling (a submitted part's errors reach the scheduler)."""
+    from vidiff.data_prep import parts
+    from vidiff.data_prep.runner import merge_parts, part_complete, run_converter
     from vidiff.data_prep.schema import PrepOptions
 
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    parts.check_arguments(args)
     if args.source == "latents":
         from vidiff.data_prep.latents import run
 
-        return run(args)
+        return run(args, argv)
     for flag in ("short_side", "max_frames", "shard_size", "workers", "min_frames"):
         if getattr(args, flag) < 1:
             raise VIDiffError(f"--{flag.replace('_', '-')} must be at least 1 (got {getattr(args, flag)})")
@@ -139,8 +149,25 @@ def main(argv: list[str] | None = None) -> int:
     name = args.name or args.source
     if not re.fullmatch(r"[a-z0-9][a-z0-9_.]*(-[a-z0-9_.]+)*", name) or re.search(r"-(train|val|test)\b", name):
         raise VIDiffError(f"--name {name}: use lower-case letters, digits, '.', '_' and '-' (no split names)")
+    run, num_parts = parts.run_id(args), args.num_parts
+    if args.launcher != "none":
+        parts.launch(argv, args, out, name, done=lambda i: part_complete(out, name, i, num_parts, run))
+        return _finish(merge_parts(name, out, num_parts, run), out, name, root)
+    if args.merge:
+        return _finish(merge_parts(name, out, num_parts, run), out, name, root)
+    args.part = parts.resolve_part(args)  # converters with a long listing skip the other parts' chunks early
     jobs = module.make_jobs(root, args, options)
-    report = run_converter(name, jobs, module.build, out, options, progress=not args.quiet)
+    report = run_converter(
+        name, jobs, module.build, out, options, progress=not args.quiet, num_parts=num_parts, part=args.part, run=run
+    )
+    if num_parts == 1:
+        return _finish(merge_parts(name, out, 1, run), out, name, root)
+    _print_totals(report)
+    print(f"part {args.part} of {num_parts} done; when every part is: the same command with --merge instead of --part")
+    return 0
+
+
+def _print_totals(report: dict) -> None:
     # one line per task and split (a long listing is converted in several parts)
     totals: dict[tuple[str, str], dict] = {}
     for job in report["jobs"]:
@@ -159,10 +186,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  skipped {skip['key']}: {skip['reason']}")
         if total["skipped"] > len(total["skips"]):
             print(f"  ... {total['skipped'] - len(total['skips'])} more skip(s) in the report")
+
+
+def _finish(report: dict, out: Path, name: str, root: Path) -> int:
+    _print_totals(report)
     print(f"report: {out / 'reports' / (name + '.json')}")
     if report["written"] == 0:
         raise VIDiffError(f"{root}: no sample could be converted ({report['skipped']} skipped; see the report)")
     return 0
+
+
+main = run_cli("vidiff-prep")(run_prep)
 
 
 if __name__ == "__main__":
