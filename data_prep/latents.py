@@ -31,6 +31,7 @@ import hashlib
 import io
 import json
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+_LOAD_LOCK = threading.Lock()
+
+
 def load_autoencoder(path: Path):
     """``AutoencoderKL`` from a model folder with a ``vae/`` subfolder, or from the autoencoder's own folder."""
     from diffusers import AutoencoderKL
@@ -91,7 +95,11 @@ def load_autoencoder(path: Path):
     if class_name != "AutoencoderKL":
         raise VIDiffError(f"{config}: not an AutoencoderKL (class {class_name!r}) (--model)")
     try:
-        return AutoencoderKL.from_pretrained(folder, use_safetensors=True, local_files_only=True).eval()
+        # one load at a time: diffusers builds the module inside accelerate's init_empty_weights, which patches
+        # torch.nn.Module globally; two threads loading at once can restore each other's patch and leave every
+        # later module of the process on the meta device
+        with _LOAD_LOCK:
+            return AutoencoderKL.from_pretrained(folder, use_safetensors=True, local_files_only=True).eval()
     except (OSError, ValueError) as err:
         raise VIDiffError(f"{folder}: cannot load the autoencoder ({' '.join(str(err).split())[:200]})") from None
 

@@ -217,6 +217,11 @@ def test_concurrent_local_parts_lose_nothing(clips, single_run, autoencoder, tmp
     at_once({(split, i): [*latents, "--split", split, "--part", str(i)] for split in ("train", "val") for i in (0, 1)})
     at_once({split: [*latents, "--split", split, "--merge"] for split in ("train", "val")})
     assert set(codes.values()) == {0} and len(codes) == 6
+    # loading in four threads at once left the process patched (accelerate's init_empty_weights): every later
+    # module on the meta device
+    import torch
+
+    assert torch.nn.Linear(2, 2).weight.device.type == "cpu"
     for task in ("deblur", "recolor"):
         manifest = json.loads((tmp_path / "latents" / task / "latents.json").read_text())
         assert set(manifest["shards"]) == {p.name for p in (out / task).glob("*.tar")}
