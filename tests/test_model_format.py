@@ -59,3 +59,26 @@ def test_unknown_conditioning_is_one_line_error(format1, tmp_path):
     with pytest.raises(ModelLoadError, match="conditioning must be one of scaled, unscaled, not 'sideways'") as err:
         VIDiffModel.from_pretrained(saved)
     assert "\n" not in str(err.value)
+
+
+def test_every_caller_passes_scaled_latents_and_the_model_converts(format1):
+    """Training, cached latents and the samplers all hand ``predict_noise`` scaled source latents; what reaches the
+    U-Net follows the model's convention."""
+    import torch
+
+    model, _, _ = format1
+    seen = []
+    hook = model.unet.conv_in.register_forward_pre_hook(lambda module, args: seen.append(args[0][:, 4:].clone()))
+    noisy, source = torch.randn(1, 4, 2, 4, 4), torch.randn(1, 4, 2, 4, 4)
+    instruction = model.encode_instruction(["Remove the haze."])
+    try:
+        for conditioning in ("scaled", "unscaled"):
+            model.conditioning = conditioning
+            with torch.no_grad():
+                model.predict_noise(noisy, source, torch.tensor([500]), instruction)
+    finally:
+        model.conditioning = "scaled"
+        hook.remove()
+    frames = lambda latents: latents.permute(0, 2, 1, 3, 4).flatten(0, 1)  # noqa: E731 - [b, c, f, h, w] -> [(b f), c, h, w]
+    assert torch.equal(seen[0], frames(source))
+    assert torch.allclose(seen[1], frames(source) / model.vae.config.scaling_factor)
