@@ -18,7 +18,7 @@ help: ## list targets
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install -e ".[dev]"
+	$(BIN)/python -m pip install -e ".[dev,app,wandb]"
 	# test vectors only: the TID2013 image pairs inside the pyiqa wheel (its own dependencies are not needed)
 	$(BIN)/python -m pip install --no-deps "pyiqa==0.1.16"
 	# test-only, an independent writer of the released SD-1 key layout: the original LDM model code (ldm/)

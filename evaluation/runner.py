@@ -146,6 +146,9 @@ def run_table(cfg: DictConfig, out: Path) -> dict[str, Any]:
 
 
 def log_wandb(cfg: DictConfig, out: Path, bench, rows, cols) -> None:
+    from vidiff.utils.extras import require
+
+    require("wandb", "wandb.enabled=true")
     import wandb
 
     run = wandb.init(project=cfg.wandb.project, mode=cfg.wandb.mode, dir=str(out), job_type="eval", name=bench.name,

@@ -320,3 +320,17 @@ def test_vae_saturation_range_scales_chroma_and_keeps_luma():
     assert torch.allclose(grey, luma.expand_as(frames), atol=1e-6)
     with pytest.raises(ValueError, match="saturation_range"):
         VAEModule(model, saturation_range=[0.8, 0.2])
+
+
+def test_wandb_logger_without_wandb_says_which_extra(monkeypatch, tmp_path):
+    import sys
+
+    from vidiff.cli.train import instantiate_group
+    from vidiff.errors import VIDiffError
+
+    cfg = compose_train(["logger=wandb", f"paths.output_dir={tmp_path}"])
+    monkeypatch.setitem(sys.modules, "wandb", None)  # as after `pip install vidiff` without the wandb extra
+    with pytest.raises(
+        VIDiffError, match=r"logger=wandb needs wandb, which is not installed: pip install 'vidiff\[wandb\]'"
+    ):
+        instantiate_group(cfg.logger)

@@ -48,6 +48,8 @@ def installed(tmp_path_factory):
     )  # the new environment's site-packages
     # this environment's dependencies as a plain path entry: its .pth files (the editable vidiff) are not processed
     (site / "deps.pth").write_text(sysconfig.get_path("purelib") + "\n")
+    # `pip install vidiff` without extras: the extras' packages exist in the shared path but cannot be imported here
+    (site / "no_extras.pth").write_text("import sys; sys.modules.update(gradio=None, wandb=None)\n")
     bin_dir = env_dir / ("Scripts" if os.name == "nt" else "bin")
     # the new environment's own python runs pip (found through deps.pth), so the console scripts point at it
     run([bin_dir / "python", "-m", "pip", "install", "--no-deps", "-q", wheels[0]], root)
@@ -92,3 +94,20 @@ def test_wheel_commands_run_from_a_foreign_directory(installed, bikes_path, tmp_
     from vidiff.io import probe_video
 
     assert probe_video(out).num_frames == 4
+
+
+def test_core_wheel_has_no_extras_and_says_which_to_install(installed, tmp_path):
+    """The core wheel edits (above) without gradio and W&B; what needs them says which extra to install."""
+    bin_dir, env, _ = installed
+    code = "import importlib.metadata as m; print('\\n'.join(m.requires('vidiff')))"
+    requires = run([bin_dir / "python", "-c", code], tmp_path, env).stdout.splitlines()
+    for package, extra in (("gradio", "app"), ("wandb", "wandb")):
+        needed = [r for r in requires if r.split(">")[0].split(";")[0].strip() == package]
+        assert needed and all(f'extra == "{extra}"' in r for r in needed), needed
+    app = subprocess.run([bin_dir / "vidiff-app", "--model", "tiny"], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=300)  # fmt: skip
+    assert app.returncode == 2
+    assert (
+        app.stderr.strip()
+        == "vidiff-app: error: vidiff-app needs gradio, which is not installed: pip install 'vidiff[app]'"
+    )

@@ -37,7 +37,12 @@ def instantiate_group(cfg: DictConfig | None) -> list[Any]:
     """Instantiate every ``_target_`` entry of a callbacks/logger group (``null`` entries are skipped)."""
     if not cfg:
         return []
-    return [hydra.utils.instantiate(node) for node in cfg.values() if node is not None and "_target_" in node]
+    nodes = [node for node in cfg.values() if node is not None and "_target_" in node]
+    if any("Wandb" in str(node["_target_"]) for node in nodes):
+        from vidiff.utils.extras import require
+
+        require("wandb", "logger=wandb")
+    return [hydra.utils.instantiate(node) for node in nodes]
 
 
 def finish_wandb(loggers: list[Any], trainer) -> None:
