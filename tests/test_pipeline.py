@@ -131,3 +131,58 @@ def test_strength_runs_the_tail_of_the_schedule_from_the_noised_source(tiny_mode
             _run(pipe, frames, strength=0.0)
     finally:
         tiny_model.unet = original
+
+
+def test_callback_on_step_end_sees_every_step_and_can_change_the_latents(pipe, carphone_frames):
+    frames = carphone_frames[:2, :32, :32]
+    seen = []
+
+    def record(p, index, t, tensors):
+        seen.append((index, int(t), sorted(tensors), tuple(tensors["source_latents"].shape)))
+        return {}
+
+    plain = _run(pipe, frames, num_inference_steps=3, output_type="latent")
+    same = _run(
+        pipe, frames, num_inference_steps=3, output_type="latent", callback_on_step_end=record,
+        callback_on_step_end_tensor_inputs=["latents", "instruction_embeds", "source_latents"],
+    )  # fmt: skip
+    assert torch.equal(plain, same)  # a callback that returns nothing changes nothing
+    assert [s[0] for s in seen] == [0, 1, 2] and [s[1] for s in seen] == pipe.scheduler.timesteps.tolist()
+    assert seen[0][2] == ["instruction_embeds", "latents", "source_latents"] and seen[0][3][0] == 3  # three terms
+
+    zeroed = _run(
+        pipe, frames, num_inference_steps=3, output_type="latent",
+        callback_on_step_end=lambda p, i, t, tensors: {"latents": torch.zeros_like(tensors["latents"])},
+    )  # fmt: skip
+    assert not zeroed.any()  # what the callback returns after the last step is what comes out
+    with pytest.raises(ValueError, match="'noise' is not one of latents, instruction_embeds, source_latents"):
+        _run(
+            pipe,
+            frames,
+            num_inference_steps=1,
+            callback_on_step_end=record,
+            callback_on_step_end_tensor_inputs=["noise"],
+        )
+
+
+def test_interrupt_stops_after_the_current_step_and_returns(pipe, carphone_frames):
+    frames = carphone_frames[:2, :32, :32]
+    steps = []
+
+    def stop_after_two(p, index, t, tensors):
+        steps.append(index)
+        p.interrupt = index == 1
+        return {}
+
+    interrupted = _run(pipe, frames, num_inference_steps=5, output_type="latent", callback_on_step_end=stop_after_two)
+    assert steps == [0, 1]
+    # the latents of step two are returned, as an uninterrupted run has them after its second step
+    at_two = {}
+
+    def keep(p, index, t, tensors):
+        at_two.setdefault(index, tensors["latents"].clone())
+        return {}
+
+    _run(pipe, frames, num_inference_steps=5, output_type="latent", callback_on_step_end=keep)
+    assert torch.equal(interrupted, at_two[1])
+    assert _run(pipe, frames, num_inference_steps=1).shape == (2, 32, 32, 3)  # the flag resets per call

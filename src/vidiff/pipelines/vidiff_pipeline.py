@@ -6,7 +6,7 @@ Inference only (no Lightning, no training code), one ``__call__``, like a diffus
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -156,12 +156,16 @@ class VIDiffPipeline:
         vae_chunk_size: frames per VAE encode/decode call (bounds activation memory).
     """
 
+    # what callback_on_step_end may read and replace (diffusers' name for the list)
+    _callback_tensor_inputs = ("latents", "instruction_embeds", "source_latents")
+
     def __init__(self, model: VIDiffModel, scheduler: str | SchedulerMixin = "ddim", vae_chunk_size: int = 8):
         self.model = model.eval()
         self.scheduler = (
             make_scheduler(scheduler, model.noise_scheduler.config) if isinstance(scheduler, str) else scheduler
         )
         self.vae_chunk_size = vae_chunk_size
+        self.interrupt = False  # set from callback_on_step_end to stop after the current step
         self.progress_bar_config: dict = {}
         # padded sizes must be multiples of the VAE factor (the U-Net handles any latent size itself)
         self.size_multiple = model.vae_scale_factor
@@ -208,6 +212,8 @@ class VIDiffPipeline:
         step_callback: Callable[[int, int], None] | None = None,
         anchor_latents: torch.Tensor | None = None,
         anchor_fraction: float = 0.5,
+        callback_on_step_end: Callable[[VIDiffPipeline, int, torch.Tensor, dict], dict] | None = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
     ) -> VIDiffPipelineOutput:
         """Translate ``video`` according to ``instruction`` (text) and/or ``image`` (a style/reference picture).
 
@@ -234,9 +240,21 @@ class VIDiffPipeline:
                 free. Needs no training (unlike reference frames), in the spirit of InsV2V's long-video sampling
                 correction.
             anchor_fraction: the fraction of the steps during which the anchor holds, in ``[0, 1]``.
+            callback_on_step_end: diffusers' step-end callback, called as ``callback(pipe, step_index, timestep,
+                tensors)`` after every step with ``tensors`` holding the names in ``callback_on_step_end_tensor_inputs``
+                (``latents``; ``instruction_embeds``, the ``[terms, L, d]`` instruction rows of the guidance terms;
+                ``source_latents``, their ``[terms, c, f, h, w]`` source rows, zeros in the unconditional one). The
+                tensors it returns replace the pipeline's. Setting ``pipe.interrupt = True`` there stops the sampling
+                after this step: the latents of that step are decoded and returned.
         """
         if not 0.0 < strength <= 1.0:
             raise ValueError(f"strength must be in (0, 1], got {strength}")
+        unknown = [name for name in callback_on_step_end_tensor_inputs if name not in self._callback_tensor_inputs]
+        if unknown:
+            raise ValueError(
+                f"callback_on_step_end_tensor_inputs: {unknown[0]!r} is not one of {', '.join(self._callback_tensor_inputs)}"
+            )
+        self.interrupt = False
         if instruction is None and image is None:
             raise ValueError("give an instruction, an image instruction, or both")
         if output_type not in ("np", "pt", "latent"):
@@ -290,6 +308,8 @@ class VIDiffPipeline:
         terms = 3 if video_guidance_scale != 1 else (2 if text_guidance_scale != 1 else 1)
         source_batch, instruction_batch = source_batch[-terms:], instruction_batch[-terms:]
         for index, t in enumerate(tqdm(timesteps, desc="denoising", leave=False, **self.progress_bar_config)):
+            if self.interrupt:
+                break
             if index < anchored_steps:
                 # the anchored frames at this step's noise level, in the sampler's own parametrisation
                 anchored = scheduler.add_noise(anchor_latents, anchor_noise, t.reshape(1))
@@ -306,6 +326,14 @@ class VIDiffPipeline:
             else:
                 guided = eps
             latents = scheduler.step(guided, t, latents, generator=generator).prev_sample
+            if callback_on_step_end is not None:
+                tensors = {"latents": latents, "instruction_embeds": instruction_batch, "source_latents": source_batch}
+                returned = callback_on_step_end(
+                    self, index, t, {k: tensors[k] for k in callback_on_step_end_tensor_inputs}
+                )
+                latents = returned.pop("latents", latents)
+                instruction_batch = returned.pop("instruction_embeds", instruction_batch)
+                source_batch = returned.pop("source_latents", source_batch)
             if step_callback is not None:
                 step_callback(index + 1, len(timesteps))
 
