@@ -87,18 +87,19 @@ def batch_per_gpu(cfg: DictConfig) -> int:
     return int(task.get("batch_size", 1))
 
 
-def synthetic_batch(cfg: DictConfig, module, size: int, fake_mode) -> dict[str, Any]:
-    """A batch as the datamodule yields it (uint8 clips, an instruction image), its pixel tensors fake."""
+def synthetic_batch(cfg: DictConfig, module, size: int, fake_mode=None) -> dict[str, Any]:
+    """A batch as the datamodule yields it (uint8 clips, an instruction image); pixel tensors fake under
+    ``fake_mode``, real zeros without it."""
     name, task = traced_task(cfg)
     frames = int(task.get("num_frames", cfg.data.get("num_frames", 16)))
     res = int(task.get("resolution", cfg.data.get("resolution", 256)))
     if module.stage == "t2i":
         frames = 1
-    with fake_mode:
-        batch = {"target": torch.empty(size, 3, frames, res, res, dtype=torch.uint8)}
+    with fake_mode or contextlib.nullcontext():
+        batch = {"target": torch.zeros(size, 3, frames, res, res, dtype=torch.uint8)}
         if module.stage == "v2v":
-            batch["source"] = torch.empty(size, 3, frames, res, res, dtype=torch.uint8)
-            batch["image"] = torch.empty(size, 3, res, res)
+            batch["source"] = torch.zeros(size, 3, frames, res, res, dtype=torch.uint8)
+            batch["image"] = torch.zeros(size, 3, res, res)
     batch.update({"task": name, "step": 0, "instruction": ["a planned instruction"] * size})
     if module.stage == "v2v":
         with_image = float(task.get("image_prob", 0.0)) > 0 and module.model.image_projector is not None
@@ -111,11 +112,13 @@ class LiveBytes(TorchDispatchMode):
     """Bytes of the tensor storages created inside the mode that are still alive, and their peak.
 
     A storage counts once (views and in-place results share it) and stops counting when Python frees it.
-    Casts of ``nn.Parameter``\\ s (autocast's low-precision weight copies) are followed separately.
+    Casts of ``nn.Parameter``\\ s (autocast's low-precision weight copies) are followed separately; the storages of
+    ``existing`` tensors (weights, buffers) are never counted, also when an op returns a view of one.
     """
 
-    def __init__(self):
+    def __init__(self, existing=()):
         super().__init__()
+        self.existing = {t.untyped_storage()._cdata for t in existing}
         self.storages = WeakIdKeyDictionary()
         self.copies = WeakIdKeyDictionary()
         self.live = self.peak = 0
@@ -132,7 +135,7 @@ class LiveBytes(TorchDispatchMode):
         for t in tree_flatten(out)[0]:
             if isinstance(t, torch.Tensor):
                 storage = t.untyped_storage()
-                if storage in self.storages:
+                if storage in self.storages or storage._cdata in self.existing:
                     continue
                 nbytes = storage.nbytes()
                 self.storages[storage] = nbytes
@@ -169,7 +172,7 @@ def trace_step(module, batch: dict[str, Any], precision: str = "32-true") -> Tra
     params = [p for p in module.parameters() if p.requires_grad]
     for p in params:
         p.grad = None
-    tracker = LiveBytes()
+    tracker = LiveBytes([*module.parameters(), *module.buffers()])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # self.log without a trainer
         with FlopCounterMode(display=False) as flops, tracker:
