@@ -94,6 +94,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if cfg.get("export_model") and trainer.is_global_zero and not trainer.fast_dev_run:
         out = Path(cfg.paths.output_dir) / "model"
+        if module.hparams.get("frozen_dtype"):
+            module.model.float()  # the exported model keeps the encoders' full precision
         with module.ema_scope():
             module.model.save_pretrained(out)
         print(f"vidiff-train: model exported to {out}")

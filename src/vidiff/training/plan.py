@@ -19,7 +19,6 @@ the options the config names. Everything is per GPU; the result is a :class:`Pla
 from __future__ import annotations
 
 import contextlib
-import math
 import warnings
 import weakref
 from collections.abc import Mapping
@@ -34,8 +33,6 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 
 GIB = 2**30
-# bytes per trainable parameter of optimizer state (see optimizer_state_bytes)
-OPTIMIZER_STATE_BYTES = {"adamw": 8.0, "adamw8bit": 2.0 + 2 * 4 / 256}
 
 
 # ---------------------------------------------------------------------------------------------- building
@@ -60,9 +57,13 @@ def build_fake_module(cfg: DictConfig, fake_mode):
     from diffusers import DDPMScheduler
 
     from vidiff.config import instantiate_model
+    from vidiff.training.module import cast_frozen
 
     with torch.device("meta"):
         model = instantiate_model(plan_model_config(cfg.model))
+        if cfg.stage.get("frozen_dtype"):
+            # on meta, before the tensors turn fake (a fake parameter cannot change dtype in place)
+            cast_frozen(model, getattr(torch, cfg.stage.frozen_dtype))
     with fake_mode:
         model.to_empty(device="cpu")
     # the schedule's tables are small: real ones, so timesteps index them as in a real run
@@ -154,7 +155,6 @@ class Trace:
     weight_copy_bytes: int  # autocast's low-precision parameter copies alive when the forward ends
     peak_bytes: int  # highest bytes alive during forward + backward, gradients included
     gradient_bytes: int
-    flops: int
 
 
 def autocast_for(precision: str):
@@ -165,17 +165,31 @@ def autocast_for(precision: str):
     return contextlib.nullcontext()
 
 
-def trace_step(module, batch: dict[str, Any], precision: str = "32-true") -> Trace:
-    """Run ``module.training_step`` and ``backward`` once under the trackers; gradients are cleared afterwards."""
+def count_flops(module, batch: dict[str, Any], precision: str = "32-true") -> int:
+    """FLOPs of one ``training_step`` + ``backward`` (``FlopCounterMode``). A pass of its own: the counter's module
+    hooks keep recomputed activations alive under checkpointing, which would distort the memory trace."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with FlopCounterMode(display=False) as flops:
+            with autocast_for(precision):
+                loss = module.training_step(batch, 0)
+            loss.backward()
+            del loss
+    module.zero_grad(set_to_none=True)
+    return flops.get_total_flops()
+
+
+def trace_step(module, batch: dict[str, Any], precision: str = "32-true") -> Trace:
+    """Run ``module.training_step`` and ``backward`` once under the tracker; gradients are cleared afterwards."""
     params = [p for p in module.parameters() if p.requires_grad]
     for p in params:
         p.grad = None
     tracker = LiveBytes([*module.parameters(), *module.buffers()])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # self.log without a trainer
-        with FlopCounterMode(display=False) as flops, tracker:
+        with tracker:
             with autocast_for(precision):
                 loss = module.training_step(batch, 0)
             activations = tracker.live - tracker.live_copies
@@ -185,7 +199,7 @@ def trace_step(module, batch: dict[str, Any], precision: str = "32-true") -> Tra
     grads = sum(p.grad.untyped_storage().nbytes() for p in params if p.grad is not None)
     for p in params:
         p.grad = None
-    return Trace(len(batch["instruction"]), activations, copies, tracker.peak, grads, flops.get_total_flops())
+    return Trace(len(batch["instruction"]), activations, copies, tracker.peak, grads)
 
 
 def saved_tensor_bytes(module, batch: dict[str, Any]) -> int:
@@ -209,11 +223,18 @@ def saved_tensor_bytes(module, batch: dict[str, Any]) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- the plan
-def optimizer_state_bytes(name: str, trainable: int) -> int:
-    """AdamW: two fp32 moments. ``adamw8bit`` (torchao): two 8-bit moments and an fp32 scale per 256 values."""
-    if name not in OPTIMIZER_STATE_BYTES:
-        raise ValueError(f"unknown optimizer {name!r} (choose from {', '.join(OPTIMIZER_STATE_BYTES)})")
-    return int(math.ceil(OPTIMIZER_STATE_BYTES[name] * trainable))
+def optimizer_state_bytes(name: str, numels: list[int]) -> int:
+    """Optimizer state of trainable tensors with ``numels`` values. AdamW: two fp32 moments. ``adamw8bit``
+    (torchao): two uint8 moments with an fp32 scale per 256 values and a 256-entry fp32 code map each, for tensors
+    of at least 4096 values that split into whole blocks (like bitsandbytes); fp32 moments for the others."""
+    if name == "adamw":
+        return 8 * sum(numels)
+    if name == "adamw8bit":
+        total = 0
+        for n in numels:
+            total += 2 * (n + 4 * (n // 256) + 4 * 256) if n >= 4096 and n % 256 == 0 else 8 * n
+        return total
+    raise ValueError(f"unknown optimizer {name!r} (choose from adamw, adamw8bit)")
 
 
 @dataclass
@@ -297,7 +318,9 @@ def _is_ddp(cfg: DictConfig) -> bool:
     return "ddp" in name.lower() or (world > 1 and name in ("", "auto", "None"))
 
 
-def make_plan(cfg: DictConfig, traces: tuple[Trace, Trace] | None = None, module=None) -> Plan:
+def make_plan(
+    cfg: DictConfig, traces: tuple[Trace, Trace] | None = None, module=None, flops: int | None = None
+) -> Plan:
     """The plan of the composed training config ``cfg`` (with a ``plan`` node and a ``gpu`` node)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -316,6 +339,8 @@ def make_plan(cfg: DictConfig, traces: tuple[Trace, Trace] | None = None, module
         big = trace_step(module, synthetic_batch(cfg, module, other, fake_mode), precision)
         traces = (small, big)
     small, big = traces
+    if flops is None:
+        flops = count_flops(module, synthetic_batch(cfg, module, batch, fake_mode), precision)
 
     def per_batch(attr: str, b: int) -> float:
         lo, hi = getattr(small, attr), getattr(big, attr)
@@ -328,8 +353,9 @@ def make_plan(cfg: DictConfig, traces: tuple[Trace, Trace] | None = None, module
     frozen_bytes = sum(p.numel() * p.element_size() for _, p in named if not p.requires_grad)
     buffers = sum(b.numel() * b.element_size() for b in module.model.buffers())
     grads = trained_bytes
-    optimizer = str(cfg.stage.get("optimizer", "adamw"))
-    opt_bytes = optimizer_state_bytes(optimizer, trainable)
+    optimizer = cfg.stage.get("optimizer", "adamw")
+    optimizer = str(optimizer if isinstance(optimizer, str) else optimizer.name)
+    opt_bytes = optimizer_state_bytes(optimizer, [p.numel() for _, p in named if p.requires_grad])
     ema_on = bool(cfg.stage.get("ema_decay"))
     ema_device = cfg.stage.get("ema_device") or "gpu"
     ema_bytes = trained_bytes if ema_on else 0
@@ -367,7 +393,7 @@ def make_plan(cfg: DictConfig, traces: tuple[Trace, Trace] | None = None, module
     gpus = {name: int(float(spec.memory_gib) * GIB) for name, spec in pcfg.gpus.items()}
     capacity = int(float(gpu.memory_gib) * GIB)
     accumulate = int(cfg.trainer.get("accumulate_grad_batches", 1) or 1)
-    flops_step = int(per_batch("flops", batch)) * accumulate
+    flops_step = flops * accumulate
     mfu = float(pcfg.mfu)
     step_seconds = flops_step / (float(gpu.bf16_tflops) * 1e12 * mfu)
     max_steps = int(cfg.trainer.get("max_steps", -1) or 0)
@@ -435,7 +461,7 @@ def make_plan(cfg: DictConfig, traces: tuple[Trace, Trace] | None = None, module
         max_batch_per_gpu=largest(capacity),
         max_batch_by_gpu={name: largest(cap) for name, cap in gpus.items()},
         flops_per_step=flops_step,
-        flops_per_sample=per_batch("flops", 2) - per_batch("flops", 1),
+        flops_per_sample=flops / batch,
         mfu=mfu,
         step_seconds=step_seconds,
         max_steps=max_steps,
