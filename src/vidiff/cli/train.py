@@ -97,7 +97,12 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         if module.hparams.get("frozen_dtype"):
             module.model.float()  # the exported model keeps the encoders' full precision
         with module.ema_scope():
-            module.model.save_pretrained(out)
+            if module.hparams.get("lora"):
+                from vidiff.training.lora import merged
+
+                merged(module.model).save_pretrained(out)  # adapters merged: a plain VIDiff model directory
+            else:
+                module.model.save_pretrained(out)
         print(f"vidiff-train: model exported to {out}")
     return metrics, {"trainer": trainer, "module": module, "datamodule": datamodule}
 

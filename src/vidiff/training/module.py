@@ -125,6 +125,8 @@ class VIDiffModule(L.LightningModule):
             (``conf/stage/optimizer``).
         frozen_dtype: ``bfloat16`` keeps the frozen VAE and CLIP encoders in bf16 (half their memory; their outputs
             are cast back to the U-Net's dtype); ``null``: as built.
+        lora: ``{rank, alpha, targets: [spatial, motion]}``: train low-rank adapters on the U-Net's attention
+            projections instead of the U-Net (see :mod:`vidiff.training.lora`); the export merges them.
         val_inference_steps, val_text_guidance, val_video_guidance: sampler settings of the validation PSNR.
         seed: with the micro-step and rank, seeds each micro-batch's noise, timesteps, dropout and VAE sampling,
             so every micro-batch of an accumulation window draws its own, and a run resumed from a checkpoint
@@ -149,6 +151,7 @@ class VIDiffModule(L.LightningModule):
         ema_foreach: bool = False,
         optimizer: str | Mapping[str, Any] = "adamw",
         frozen_dtype: str | None = None,
+        lora: Mapping[str, Any] | None = None,
         val_inference_steps: int = 10,
         val_text_guidance: float = 7.5,
         val_video_guidance: float = 1.5,
@@ -178,6 +181,16 @@ class VIDiffModule(L.LightningModule):
         if init_from:
             load_init_weights(model, init_from)
         keep = trainable_filter(stage)
+        if lora:
+            from vidiff.training.lora import add_lora, is_lora_parameter
+
+            add_lora(model, lora)
+            # the adapters train, the U-Net they adapt is frozen (v2v: the image projector still trains)
+            stage_keep = keep
+
+            def keep(name: str) -> bool:
+                return is_lora_parameter(name) or (stage_keep(name) and not name.startswith("unet."))
+
         for name, param in model.named_parameters():
             param.requires_grad_(keep(name))
         if gradient_checkpointing:
