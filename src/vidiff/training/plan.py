@@ -258,6 +258,7 @@ class Plan:
     activation_bytes_per_sample: float
     max_batch_per_gpu: int
     max_batch_by_gpu: dict[str, int]
+    traced_batches: list[int]
     flops_per_step: int
     flops_per_sample: float
     mfu: float
@@ -342,10 +343,14 @@ def make_plan(
     if flops is None:
         flops = count_flops(module, synthetic_batch(cfg, module, batch, fake_mode), precision)
 
+    fit = [small, big]
+
     def per_batch(attr: str, b: int) -> float:
-        lo, hi = getattr(small, attr), getattr(big, attr)
-        slope = (hi - lo) / (big.batch - small.batch)
-        return lo + slope * (b - small.batch)
+        # linear in the batch, through the two traces nearest to b (activations and workspace grow per sample)
+        lo, hi = sorted(fit, key=lambda t: (abs(t.batch - b), t.batch))[:2]
+        lo, hi = sorted((lo, hi), key=lambda t: t.batch)
+        slope = (getattr(hi, attr) - getattr(lo, attr)) / (hi.batch - lo.batch)
+        return getattr(lo, attr) + slope * (b - lo.batch)
 
     named = list(module.model.named_parameters())
     trainable = sum(p.numel() for _, p in named if p.requires_grad)
@@ -390,8 +395,18 @@ def make_plan(
             return 0
         return 1 + int((capacity - peak(1)) // per_sample)
 
-    gpus = {name: int(float(spec.memory_gib) * GIB) for name, spec in pcfg.gpus.items()}
+    # the named GPU's largest batch is traced, not only extrapolated: step down until a traced batch fits
     capacity = int(float(gpu.memory_gib) * GIB)
+    checked = largest(capacity)
+    for _ in range(4):
+        if checked in {t.batch for t in fit} or not 1 <= checked <= int(pcfg.get("check_batch_up_to", 256)):
+            break
+        fit.append(trace_step(module, synthetic_batch(cfg, module, checked, fake_mode), precision))
+        if peak(checked) <= capacity:
+            break
+        checked = max(0, min(checked - 1, largest(capacity)))
+
+    gpus = {name: int(float(spec.memory_gib) * GIB) for name, spec in pcfg.gpus.items()}
     accumulate = int(cfg.trainer.get("accumulate_grad_batches", 1) or 1)
     flops_step = flops * accumulate
     mfu = float(pcfg.mfu)
@@ -439,6 +454,8 @@ def make_plan(
         "figures from fake tensors on the CPU (CPU autocast stands in for CUDA's); CUDA kernels may keep "
         "other temporaries (cuDNN/SDPA workspaces) and the allocator fragments: keep some headroom",
         f"host RAM assumes {pcfg.raw_sample_mib} MiB per raw (encoded) sample in the shuffle buffers",
+        f"traced batches {sorted({t.batch for t in fit})}; other GPUs' largest batches are linear in the batch "
+        "from the nearest two",
     ]
     return Plan(
         experiment=str(cfg.get("task_name", "")),
@@ -458,8 +475,9 @@ def make_plan(
         peak_bytes=peak(batch),
         activation_bytes=parts(batch)["activations"],
         activation_bytes_per_sample=per_batch("activation_bytes", 2) - per_batch("activation_bytes", 1),
-        max_batch_per_gpu=largest(capacity),
-        max_batch_by_gpu={name: largest(cap) for name, cap in gpus.items()},
+        max_batch_per_gpu=checked,
+        max_batch_by_gpu={name: checked if name == gpu_name else largest(cap) for name, cap in gpus.items()},
+        traced_batches=sorted({t.batch for t in fit}),
         flops_per_step=flops_step,
         flops_per_sample=flops / batch,
         mfu=mfu,
