@@ -19,6 +19,7 @@ the options the config names. Everything is per GPU; the result is a :class:`Pla
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 import weakref
 from collections.abc import Mapping
@@ -404,7 +405,9 @@ def make_plan(
         fit.append(trace_step(module, synthetic_batch(cfg, module, checked, fake_mode), precision))
         if peak(checked) <= capacity:
             break
-        checked = max(0, min(checked - 1, largest(capacity)))
+        # step down by the overflow over the per-sample growth measured next to this batch
+        per_sample = max(1.0, peak(checked) - peak(checked - 1))
+        checked = max(0, checked - max(1, math.ceil((peak(checked) - capacity) / per_sample)))
 
     gpus = {name: int(float(spec.memory_gib) * GIB) for name, spec in pcfg.gpus.items()}
     accumulate = int(cfg.trainer.get("accumulate_grad_batches", 1) or 1)
