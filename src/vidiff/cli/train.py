@@ -104,8 +104,15 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             # what long-video editing needs to know: did this model learn to continue from reference frames?
             trained = cfg.data.get("long_video_prob", 0) > 0
             module.model.reference_frames = tuple(cfg.data.get("long_video_frames", ())) if trained else ()
+        if module.hparams.get("frozen_dtype"):
+            module.model.float()  # the exported model keeps the encoders' full precision
         with module.ema_scope():
-            module.model.save_pretrained(out)
+            if module.hparams.get("lora"):
+                from vidiff.training.lora import merged
+
+                merged(module.model).save_pretrained(out)  # adapters merged: a plain VIDiff model directory
+            else:
+                module.model.save_pretrained(out)
         print(f"vidiff-train: model exported to {out}")
     return metrics, {"trainer": trainer, "module": module, "datamodule": datamodule}
 

@@ -9,6 +9,7 @@ to the per-frame image network.
 from __future__ import annotations
 
 import torch
+import torch.utils.checkpoint
 from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
 from diffusers.models.unets.unet_motion_model import AnimateDiffTransformer3D
 from torch import nn
@@ -77,3 +78,27 @@ def inflate(
 def is_temporal_parameter(name: str) -> bool:
     """True for parameters of the motion modules (what stage 2 trains)."""
     return "motion_modules." in name
+
+
+def checkpoint_motion_modules(unet: UNetMotionModel) -> int:
+    """Recompute the down and up blocks' motion modules in the backward pass, as diffusers' gradient checkpointing
+    does for their resnets and spatial attentions (it leaves these motion modules out; the mid block's it covers).
+
+    Returns how many modules were wrapped. The results are unchanged: only what is kept for backward differs.
+    """
+    wrapped = 0
+    for name, module in unet.named_modules():
+        if not isinstance(module, AnimateDiffTransformer3D) or not name.startswith(("down_blocks.", "up_blocks.")):
+            continue
+        if getattr(module, "_vidiff_checkpointed", False):
+            continue
+
+        def forward(*args, _forward=module.forward, **kwargs):
+            if torch.is_grad_enabled():
+                return torch.utils.checkpoint.checkpoint(_forward, *args, use_reentrant=False, **kwargs)
+            return _forward(*args, **kwargs)
+
+        module.forward = forward
+        module._vidiff_checkpointed = True
+        wrapped += 1
+    return wrapped

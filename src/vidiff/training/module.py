@@ -30,7 +30,7 @@ from vidiff.errors import ModelLoadError, VIDiffError
 from vidiff.evaluation.metrics.pixel import video_psnr
 from vidiff.models import VIDiffModel
 from vidiff.models.autoencoder import autoencoder_fingerprint, sample_latents
-from vidiff.models.unet import is_temporal_parameter
+from vidiff.models.unet import checkpoint_motion_modules, is_temporal_parameter
 from vidiff.pipelines.vidiff_pipeline import tensor_to_frames
 from vidiff.training.checkpoint_io import AtomicCheckpointIO
 from vidiff.training.objective import (
@@ -87,6 +87,22 @@ def load_init_weights(model: VIDiffModel, path: str | Path) -> None:
         model.vae.register_to_config(scaling_factor=float(scaling_factor))
 
 
+def cast_frozen(model: VIDiffModel, dtype: torch.dtype) -> None:
+    """The frozen VAE and CLIP encoders in ``dtype`` (diffusers' notice about modules kept in fp32 is muted: the
+    autoencoder has none)."""
+    from diffusers.utils import logging as diffusers_logging
+
+    logger = diffusers_logging.get_logger("diffusers.models.modeling_utils")
+    level = logger.level
+    logger.setLevel(diffusers_logging.ERROR)
+    try:
+        for net in (model.vae, model.text_encoder, model.image_encoder):
+            if net is not None and net.dtype != dtype:
+                net.to(dtype)
+    finally:
+        logger.setLevel(level)
+
+
 class VIDiffModule(L.LightningModule):
     """Train a :class:`VIDiffModel` for one stage.
 
@@ -102,7 +118,17 @@ class VIDiffModule(L.LightningModule):
             source_only}``); without a source (t2i/t2v) only ``text_only`` applies.
         ema_decay: EMA of the trainable weights (``null`` disables it), updated after each optimizer step; the
             exported model uses the EMA weights.
-        gradient_checkpointing: recompute U-Net activations in the backward pass (less memory, ~30 % slower).
+        gradient_checkpointing: recompute U-Net activations in the backward pass (less memory, ~30 % slower),
+            the motion modules of the down and up blocks included (diffusers' own checkpointing skips them).
+        ema_device: ``cpu`` keeps the EMA in host memory (updated from a host copy of the weights each step);
+            ``null``: on the training device. ``ema_foreach``: update it with foreach ops (faster, one temporary
+            copy of the trainable weights).
+        optimizer: ``adamw`` or ``adamw8bit`` (torchao, 8-bit moments); a name or ``{name: ...}``
+            (``conf/stage/optimizer``).
+        frozen_dtype: ``bfloat16`` keeps the frozen VAE and CLIP encoders in bf16 (half their memory; their outputs
+            are cast back to the U-Net's dtype); ``null``: as built.
+        lora: ``{rank, alpha, targets: [spatial, motion]}``: train low-rank adapters on the U-Net's attention
+            projections instead of the U-Net (see :mod:`vidiff.training.lora`); the export merges them.
         val_inference_steps, val_text_guidance, val_video_guidance: sampler settings of the validation PSNR.
         seed: with the micro-step and rank, seeds each micro-batch's noise, timesteps, dropout and VAE sampling,
             so every micro-batch of an accumulation window draws its own, and a run resumed from a checkpoint
@@ -123,6 +149,11 @@ class VIDiffModule(L.LightningModule):
         cond_dropout: ConditionDropout | Mapping[str, float] | None = None,
         ema_decay: float | None = 0.9999,
         gradient_checkpointing: bool = False,
+        ema_device: str | None = None,
+        ema_foreach: bool = False,
+        optimizer: str | Mapping[str, Any] = "adamw",
+        frozen_dtype: str | None = None,
+        lora: Mapping[str, Any] | None = None,
         val_inference_steps: int = 10,
         val_text_guidance: float = 7.5,
         val_video_guidance: float = 1.5,
@@ -133,6 +164,7 @@ class VIDiffModule(L.LightningModule):
             raise ValueError(f"unknown stage {stage!r} (choose from {', '.join(STAGES)})")
         # plain Python values only: checkpoints must load with torch.load(weights_only=True)
         betas = [float(b) for b in betas]
+        optimizer = optimizer if isinstance(optimizer, str) else dict(optimizer)["name"]
         if lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"unknown lr_schedule {lr_schedule!r} (choose from {', '.join(LR_SCHEDULES)})")
         self.objective = objective_of(objective)
@@ -151,11 +183,28 @@ class VIDiffModule(L.LightningModule):
         if init_from:
             load_init_weights(model, init_from)
         keep = trainable_filter(stage)
+        if lora:
+            from vidiff.training.lora import add_lora, is_lora_parameter
+
+            add_lora(model, lora)
+            # the adapters train, the U-Net they adapt is frozen (v2v: the image projector still trains)
+            stage_keep = keep
+
+            def keep(name: str) -> bool:
+                return is_lora_parameter(name) or (stage_keep(name) and not name.startswith("unet."))
+
         for name, param in model.named_parameters():
             param.requires_grad_(keep(name))
         if gradient_checkpointing:
             model.unet.enable_gradient_checkpointing()
-        self.ema = EMAModel(self.trainable_parameters(), decay=ema_decay) if ema_decay else None
+            checkpoint_motion_modules(model.unet)
+        if frozen_dtype:
+            cast_frozen(model, getattr(torch, frozen_dtype))
+        self.ema = None
+        if ema_decay:
+            self.ema = EMAModel(self.trainable_parameters(), decay=ema_decay, foreach=bool(ema_foreach))
+            if ema_device == "cpu":
+                self.ema.to("cpu")
         self.val_psnr = torch.nn.ModuleDict()
         self.train(False)  # frozen networks in eval mode from the start (see train())
 
@@ -172,7 +221,14 @@ class VIDiffModule(L.LightningModule):
         # the cosine decay ends at the trainer's last optimizer step (max_steps, or epochs x batches)
         total = self.trainer.estimated_stepping_batches if schedule == "cosine" else None
         return adamw_with_warmup(
-            self.trainable_parameters(), hp.lr, hp.weight_decay, hp.betas, hp.warmup_steps, schedule, total
+            self.trainable_parameters(),
+            hp.lr,
+            hp.weight_decay,
+            hp.betas,
+            hp.warmup_steps,
+            schedule,
+            total,
+            optimizer=hp.get("optimizer", "adamw"),
         )
 
     def train(self, mode: bool = True) -> VIDiffModule:
@@ -214,7 +270,7 @@ class VIDiffModule(L.LightningModule):
             texts, images.to(self.device) if images is not None else None, image_mask
         )
         source_latents = source_latents * (~drop_source).view(-1, 1, 1, 1, 1).to(source_latents.dtype)
-        return instruction, source_latents, images is not None
+        return instruction.to(self.model.dtype), source_latents, images is not None
 
     def micro_step(self, batch: dict[str, Any]) -> int:
         """The global micro-step of ``batch`` (the data stream numbers its batches; without that number, the
@@ -261,10 +317,10 @@ class VIDiffModule(L.LightningModule):
         if self.stage == "t2i":
             target = target[:, :, :1]  # image stage: one frame per sample
         with torch.no_grad():
-            latents = self.model.encode_video(target, sample=True, generator=generator)
+            latents = self.model.encode_video(target, sample=True, generator=generator).to(self.model.dtype)
             if self.stage == "v2v" and "source" in batch:
                 source = to_model_range(batch["source"].to(self.device))
-                source_latents = self.model.encode_video(source)
+                source_latents = self.model.encode_video(source).to(self.model.dtype)
         return latents, source_latents
 
     def shared_step(self, batch: dict[str, Any]) -> torch.Tensor:
@@ -299,15 +355,26 @@ class VIDiffModule(L.LightningModule):
         super().optimizer_step(*args, **kwargs)
         # after the weights moved (once per accumulation window), before callbacks such as checkpointing run
         if self.ema is not None:
-            self.ema.step(self.trainable_parameters())
+            self.ema.step(self._ema_inputs())
+
+    def _ema_inputs(self) -> list[torch.Tensor]:
+        """What the EMA averages: the trainable weights, or host copies of them when the EMA lives on the host."""
+        params = self.trainable_parameters()
+        if self.hparams.get("ema_device") != "cpu":
+            return params
+        # EMAModel averages only tensors that require grad (it copies the others)
+        return [p.detach().to("cpu").requires_grad_() for p in params]
 
     def on_train_epoch_start(self) -> None:
         # Lightning keeps each submodule's mode as it finds it; the model is built in eval mode
         self.train(True)
 
+    def ema_device(self) -> torch.device:
+        return torch.device("cpu") if self.hparams.get("ema_device") == "cpu" else self.device
+
     def on_fit_start(self) -> None:
         if self.ema is not None:
-            self.ema.to(self.device)
+            self.ema.to(self.ema_device())
 
     # ------------------------------------------------------------------------------------------ EMA
     @contextlib.contextmanager
@@ -331,7 +398,7 @@ class VIDiffModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.ema is not None and "ema" in checkpoint:
             self.ema.load_state_dict(checkpoint["ema"])
-            self.ema.to(self.device)
+            self.ema.to(self.ema_device())
 
     # ------------------------------------------------------------------------------------------ validation
     def setup(self, stage: str) -> None:
