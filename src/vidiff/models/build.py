@@ -296,6 +296,19 @@ def build_image_branch(
     return image_encoder, image_projector
 
 
+# Stable Diffusion's DDPM training schedule: what a model config's ``noise_scheduler`` key left ``null`` means when
+# no previous stage's model gives it (vidiff.training.runs takes these keys from ``stage.init_from``)
+SCHEDULE_DEFAULTS = {
+    "num_train_timesteps": 1000,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "prediction_type": "epsilon",
+    "rescale_betas_zero_snr": False,
+    "timestep_spacing": "leading",
+}
+
+
 def build_vidiff_model(
     unet: Mapping,
     vae: Mapping,
@@ -307,14 +320,15 @@ def build_vidiff_model(
     stable_diffusion: str | None = None,
     in_channels: int = 8,
     seed: int = 0,
-    source_residual: bool = False,
+    source_residual: bool | None = False,
 ) -> VIDiffModel:
     """Assemble a VIDiff model.
 
     Args:
         unet, vae, text_encoder: sections with a diffusers/transformers ``config`` (random init, or the layout of a
             single-file checkpoint); ``vae`` may also name its own ``pretrained`` folder.
-        noise_scheduler: ``DDPMScheduler`` arguments (the training schedule).
+        noise_scheduler: ``DDPMScheduler`` arguments (the training schedule); a key left ``None`` takes Stable
+            Diffusion's value (:data:`SCHEDULE_DEFAULTS`).
         motion_adapter: ``config`` for a fresh adapter (zero-initialised) or ``pretrained``: a diffusers folder or an
             AnimateDiff ``.ckpt``/``.safetensors``.
         image_encoder, image_projector: the image-instruction branch; ``None`` leaves it out.
@@ -324,7 +338,10 @@ def build_vidiff_model(
         seed: seed for every randomly initialised part, so a preset is reproducible.
         source_residual: predict clean latents as source latents + U-Net output (see :class:`VIDiffModel`).
     """
-    prediction_type = _plain(noise_scheduler).get("prediction_type", "epsilon")
+    scheduler_config = {**SCHEDULE_DEFAULTS, **{k: v for k, v in _plain(noise_scheduler).items() if v is not None}}
+    scheduler_config.pop("_target_", None)
+    source_residual = bool(source_residual)
+    prediction_type = scheduler_config["prediction_type"]
     if source_residual and prediction_type != "sample":
         raise VIDiffError(
             "model.source_residual=true needs model.noise_scheduler.prediction_type=sample (the U-Net's output is "
@@ -347,8 +364,6 @@ def build_vidiff_model(
     widen_conv_in(unet2d, in_channels)
     adapter, fresh = build_motion_adapter(motion_adapter, unet2d, seed)
     video_unet = inflate(unet2d, adapter, zero_init=fresh)
-    scheduler_config = _plain(noise_scheduler)
-    scheduler_config.pop("_target_", None)
     image_enc, image_proj = build_image_branch(image_encoder, image_projector, unet2d.config.cross_attention_dim, seed)
     model = VIDiffModel(
         unet=video_unet,
