@@ -46,7 +46,10 @@ IDENTITY_DEFAULTS = {"source_residual": False, "conditioning": "scaled"}
 # ---------------------------------------------------------------------------------------------- stage hand-off
 def finished_runs(stage_dir: Path) -> list[Path]:
     """The exported models of a stage folder's finished runs, newest last."""
-    models = [*stage_dir.glob("runs/*/model/model_index.json"), *stage_dir.glob("multiruns/*/*/model/model_index.json")]
+    models = [
+        *stage_dir.glob("runs/*/model/model_index.json"),
+        *stage_dir.glob("multiruns/*/*/model/model_index.json"),
+    ]
     return [p.parent for p in sorted(models, key=lambda p: p.stat().st_mtime)]
 
 
