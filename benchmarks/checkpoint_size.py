@@ -29,7 +29,13 @@ def main() -> int:
     # the architecture from the preset's configs, without reading any weights file
     overrides = ["model.stable_diffusion=null", "model.motion_adapter.pretrained=null"]
     if args.model == "sd15":
-        overrides.append("model.image_encoder.pretrained=null")
+        # the released files' layouts: AnimateDiff v1-5-2 (with its mid block) and CLIP ViT-L/14's vision tower
+        overrides += [
+            "model.motion_adapter.config.use_motion_mid_block=true",
+            "model.image_encoder.pretrained=null",
+            "+model.image_encoder.config={hidden_size: 1024, intermediate_size: 4096, num_hidden_layers: 24, "
+            "num_attention_heads: 16, image_size: 224, patch_size: 14, projection_dim: 768}",
+        ]
     with torch.device("meta"):
         model = load_model_preset(args.model, overrides)
     keep = trainable_filter(args.stage)
