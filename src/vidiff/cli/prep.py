@@ -74,6 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
             "--shard-size", type=int, default=defaults.shard_size, help="samples per shard (default %(default)s)"
         )
         p.add_argument(
+            "--carve-val",
+            type=int,
+            default=0,
+            metavar="N",
+            help="a source without a 'val' split gets one: every N-th training video (with all its segments) moves "
+            "there, so validation never reads the 'test' split (default: 0, off)",
+        )
+        p.add_argument(
             "--crf",
             type=int,
             default=defaults.crf,
@@ -140,6 +148,12 @@ def main(argv: list[str] | None = None) -> int:
     if not re.fullmatch(r"[a-z0-9][a-z0-9_.]*(-[a-z0-9_.]+)*", name) or re.search(r"-(train|val|test)\b", name):
         raise VIDiffError(f"--name {name}: use lower-case letters, digits, '.', '_' and '-' (no split names)")
     jobs = module.make_jobs(root, args, options)
+    if args.carve_val:
+        from vidiff.data_prep.runner import carve_val
+
+        if not isinstance(jobs, list):
+            raise VIDiffError(f"--carve-val: {args.source} streams its listing in parts; it cannot carve a val split")
+        jobs = carve_val(jobs, args.carve_val)
     report = run_converter(name, jobs, module.build, out, options, progress=not args.quiet)
     # one line per task and split (a long listing is converted in several parts)
     totals: dict[tuple[str, str], dict] = {}
