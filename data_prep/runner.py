@@ -22,7 +22,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -387,3 +387,27 @@ def _commit(state: JobState, shard: ShardFile, next_spec: int, folder: Path, sta
     state.shards.append({"name": shard.final.name, "count": shard.count})
     state.next_spec = next_spec
     write_json_atomic(state_path, asdict(state))
+
+
+def carve_val(jobs: Sequence[Job], every: int) -> list[Job]:
+    """A ``val`` split carved from each task's ``train`` job when the source has none: every ``every``-th source
+    video (its segments together, so no video is on both sides), the same ones on every run. Validation then never
+    reads the ``test`` split the paper's tables are computed on."""
+    jobs = list(jobs)
+    have_val = {job.task for job in jobs if job.split == "val"}
+    carved = []
+    for job in jobs:
+        if job.split != "train" or job.task in have_val or every < 2:
+            carved.append(job)
+            continue
+        videos = sorted({video_of(spec) for spec in job.specs})
+        held_out = set(videos[every // 2 :: every])
+        carved.append(Job(job.task, "train", [s for s in job.specs if video_of(s) not in held_out], job.part))
+        carved.append(Job(job.task, "val", [s for s in job.specs if video_of(s) in held_out], job.part))
+    return carved
+
+
+def video_of(spec: Spec) -> str:
+    """The source video a spec was cut from (``origin`` up to its ``#start-end``; else the key)."""
+    origin = spec.data.get("origin") if isinstance(spec.data, dict) else None
+    return str(origin).split("#")[0] if origin else spec.key

@@ -91,7 +91,7 @@ def test_the_loss_regresses_the_target_of_the_prediction_type(kind, monkeypatch)
 )
 def test_the_pipeline_samples_with_the_matching_parameterisation(kind, zero_snr, monkeypatch):
     """With an oracle network of the model's kind, DDIM sampling from pure noise lands on the clean latents."""
-    extra = ["+model.noise_scheduler.rescale_betas_zero_snr=true", "+model.noise_scheduler.timestep_spacing=trailing"]
+    extra = ["model.noise_scheduler.rescale_betas_zero_snr=true", "model.noise_scheduler.timestep_spacing=trailing"]
     model = tiny_model(kind, *(extra if zero_snr else []))
     pipe = VIDiffPipeline(model)
     pipe.set_progress_bar_config(disable=True)

@@ -79,6 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
             "--shard-size", type=int, default=defaults.shard_size, help="samples per shard (default %(default)s)"
         )
         p.add_argument(
+            "--carve-val",
+            type=int,
+            default=0,
+            metavar="N",
+            help="a source without a 'val' split gets one: every N-th training video (with all its segments) moves "
+            "there, so validation never reads the 'test' split (default: 0, off)",
+        )
+        p.add_argument(
             "--crf",
             type=int,
             default=defaults.crf,
@@ -157,6 +165,12 @@ def run_prep(argv: list[str] | None = None) -> int:
         return _finish(merge_parts(name, out, num_parts, run), out, name, root)
     args.part = parts.resolve_part(args)  # converters with a long listing skip the other parts' chunks early
     jobs = module.make_jobs(root, args, options)
+    if args.carve_val:
+        from vidiff.data_prep.runner import carve_val
+
+        if not isinstance(jobs, list):
+            raise VIDiffError(f"--carve-val: {args.source} streams its listing in parts; it cannot carve a val split")
+        jobs = carve_val(jobs, args.carve_val)
     report = run_converter(
         name, jobs, module.build, out, options, progress=not args.quiet, num_parts=num_parts, part=args.part, run=run
     )

@@ -54,9 +54,16 @@ def finish_wandb(loggers: list[Any], trainer) -> None:
 
 
 def resolve_ckpt_path(cfg: DictConfig) -> str | None:
+    from vidiff.training.runs import newest_checkpoint
+
     ckpt = cfg.get("ckpt_path")
     if ckpt in (None, ""):
         return None
+    if ckpt == "auto":  # the run folder's newest complete checkpoint, if any: a restarted run resumes by itself
+        path = newest_checkpoint(cfg.paths.output_dir)
+        if path is not None:
+            print(f"vidiff-train: resuming from {path}")
+        return path
     if ckpt == "last":
         path = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
         if not path.exists():
@@ -76,6 +83,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     import torch
 
     from vidiff.config import instantiate_model
+    from vidiff.training.runs import apply_identity, resolve_init_from
 
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logging.getLogger(name).addFilter(_DropLightningTips())
@@ -86,6 +94,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
     datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
+    # a stage folder -> its newest finished run; the model takes that run's identity (vidiff.training.runs)
+    cfg.stage.init_from = resolve_init_from(cfg.stage.get("init_from"))
+    apply_identity(cfg.model, cfg.stage.init_from, bool(cfg.get("convert_identity")))
     model = instantiate_model(cfg.model)
     module = hydra.utils.instantiate(cfg.stage, model=model, _convert_="all")
     callbacks = instantiate_group(cfg.get("callbacks"))
@@ -98,7 +109,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     finally:
         finish_wandb(loggers, trainer)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    if cfg.get("export_model") and trainer.is_global_zero and not trainer.fast_dev_run:
+    # a run stopped before max_steps (preemption) exports nothing: the next stage finds finished runs only
+    finished = trainer.max_steps < 0 or trainer.global_step >= trainer.max_steps
+    if cfg.get("export_model") and trainer.is_global_zero and not trainer.fast_dev_run and finished:
         out = Path(cfg.paths.output_dir) / "model"
         if getattr(module, "stage", None) == "v2v":
             # what long-video editing needs to know: did this model learn to continue from reference frames?

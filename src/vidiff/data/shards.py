@@ -16,7 +16,7 @@ import os
 import random
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import av
@@ -168,6 +168,7 @@ def decode_sample(
     if is_latent_sample(raw) and options.train:
         return decode_latent_sample(raw, task, options, rng)
     meta = json.loads(raw["json"])
+    options = fit_stride(options, int(meta["num_frames"]))
     start = _window_start(meta, options, rng)
     target = decode_frames(raw["tgt.mp4"], start, options.num_frames, options.frame_stride)
     source = (
@@ -210,6 +211,16 @@ def decode_sample(
     return _instruction_and_image(out, raw, meta, task, options, rng, target_frame)
 
 
+def fit_stride(options: ClipOptions, stored: int) -> ClipOptions:
+    """``options`` with the largest frame stride, up to ``frame_stride``, whose window fits in a clip of ``stored``
+    frames: a clip too short for the asked stride is sampled more densely instead of ending in repeated frames (a
+    clip shorter than ``num_frames`` still repeats its last frame)."""
+    if options.frame_stride <= 1 or options.num_frames <= 1:
+        return options
+    fits = max(1, (stored - 1) // (options.num_frames - 1))
+    return options if fits >= options.frame_stride else replace(options, frame_stride=fits)
+
+
 def _window_start(meta: dict[str, Any], options: ClipOptions, rng: random.Random) -> int:
     span = (options.num_frames - 1) * options.frame_stride + 1
     return rng.randint(0, max(0, int(meta["num_frames"]) - span)) if options.train else 0
@@ -236,6 +247,7 @@ def decode_latent_sample(raw: dict[str, Any], task: str, options: ClipOptions, r
         raise VIDiffError("data: hflip cannot be applied to latent shards (a flipped latent is not the latent of "
                           "the flipped frame); set hflip: false or train from the pixel shards")  # fmt: skip
     meta = json.loads(raw["json"])
+    options = fit_stride(options, int(meta["num_frames"]))
     latent = meta.get("latent") or {}
     factor = int(latent.get("factor", 0))
     if factor < 1:

@@ -297,23 +297,38 @@ def build_image_branch(
     return image_encoder, image_projector
 
 
+# Stable Diffusion's DDPM training schedule: what a model config's ``noise_scheduler`` key left ``null`` means when
+# no previous stage's model gives it (vidiff.training.runs takes these keys from ``stage.init_from``)
+SCHEDULE_DEFAULTS = {
+    "num_train_timesteps": 1000,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "prediction_type": "epsilon",
+    "rescale_betas_zero_snr": False,
+    "timestep_spacing": "leading",
+}
+
+
 def build_noise_scheduler(section: Mapping, stable_diffusion: str | None) -> DDPMScheduler:
     """The training noise schedule: the preset's ``noise_scheduler`` section, over the ``scheduler/`` config of a
     diffusers Stable Diffusion folder when there is one.
 
     The release's file brings the sampler settings its authors sampled with (``set_alpha_to_one``,
     ``timestep_spacing``, ...), which samplers derived from this schedule then share with diffusers' own pipeline
-    on the same folder; the preset's keys win where both set one.
+    on the same folder; the preset's non-null keys win where both set one. Without such a file, a ``null`` key
+    takes Stable Diffusion's value (:data:`SCHEDULE_DEFAULTS`).
     """
-    config = _plain(section)
-    config.pop("_target_", None)
+    config = {k: v for k, v in _plain(section).items() if v is not None and k != "_target_"}
     released = Path(stable_diffusion) / "scheduler" / "scheduler_config.json" if stable_diffusion else None
     if released is None or not released.is_file():
-        return DDPMScheduler(**config)
+        return DDPMScheduler(**{**SCHEDULE_DEFAULTS, **config})
     try:
         release = json.loads(released.read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise ModelLoadError(f"{released}: unreadable scheduler config ({err})") from None
+    # keys neither sets keep diffusers' defaults (and samplers made from this schedule their own), as diffusers'
+    # pipeline on the same folder has them
     return DDPMScheduler.from_config({**{k: v for k, v in release.items() if not k.startswith("_")}, **config})
 
 
@@ -328,7 +343,7 @@ def build_vidiff_model(
     stable_diffusion: str | None = None,
     in_channels: int = 8,
     seed: int = 0,
-    source_residual: bool = False,
+    source_residual: bool | None = False,
     conditioning: str | None = None,
 ) -> VIDiffModel:
     """Assemble a VIDiff model.
@@ -336,7 +351,8 @@ def build_vidiff_model(
     Args:
         unet, vae, text_encoder: sections with a diffusers/transformers ``config`` (random init, or the layout of a
             single-file checkpoint); ``vae`` may also name its own ``pretrained`` folder.
-        noise_scheduler: ``DDPMScheduler`` arguments (the training schedule).
+        noise_scheduler: ``DDPMScheduler`` arguments (the training schedule); a key left ``None`` takes Stable
+            Diffusion's value (:data:`SCHEDULE_DEFAULTS`).
         motion_adapter: ``config`` for a fresh adapter (zero-initialised) or ``pretrained``: a diffusers folder or an
             AnimateDiff ``.ckpt``/``.safetensors``.
         image_encoder, image_projector: the image-instruction branch; ``None`` leaves it out.
@@ -350,7 +366,9 @@ def build_vidiff_model(
             channels is an InstructPix2Pix release, trained on unscaled source latents, so it gets ``"unscaled"``;
             anything else (SD-1.5 widened from 4 channels, random weights) gets ``"scaled"``, VIDiff's own convention.
     """
-    prediction_type = _plain(noise_scheduler).get("prediction_type", "epsilon")
+    schedule = build_noise_scheduler(noise_scheduler, stable_diffusion)
+    source_residual = bool(source_residual)
+    prediction_type = schedule.config.prediction_type
     if source_residual and prediction_type != "sample":
         raise VIDiffError(
             "model.source_residual=true needs model.noise_scheduler.prediction_type=sample (the U-Net's output is "
@@ -389,7 +407,7 @@ def build_vidiff_model(
         vae=build_vae(vae, stable_diffusion, seed, state),
         text_encoder=build_text_encoder(text_encoder, stable_diffusion, seed, state),
         tokenizer=build_tokenizer(stable_diffusion),
-        noise_scheduler=build_noise_scheduler(noise_scheduler, stable_diffusion),
+        noise_scheduler=schedule,
         image_encoder=image_enc,
         image_projector=image_proj,
         source_residual=source_residual,

@@ -4,7 +4,11 @@ Lightning's default writer commits through fsspec, whose local temporary file li
 move across filesystems is a copy, and a process killed during that copy leaves a truncated ``last.ckpt``. Here
 the checkpoint is written next to its final name, flushed to disk, then renamed in one step (atomic on POSIX),
 so a ``SIGKILL`` at any moment leaves either the previous checkpoint or the new one. Loading uses
-``torch.load(weights_only=True)``: a checkpoint from elsewhere cannot run code when it is resumed from.
+``torch.load(weights_only=True, mmap=True)``: a checkpoint from elsewhere cannot run code when it is resumed from,
+and its tensors are paged in from the file as they are copied into the model, not first read whole into host RAM.
+
+A checkpoint holds what training changes: :func:`drop_frozen` leaves out every frozen network (rebuilt on resume
+from the model config and ``stage.init_from``), :func:`restore_frozen` puts the rebuilt ones back before loading.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import torch
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from vidiff.errors import ModelLoadError, writing
+from vidiff.errors import ModelLoadError, VIDiffError, writing
 
 
 def _tensor_bytes(obj: Any, seen: set[int] | None = None) -> int:
@@ -59,7 +63,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(self, path: _PATH, map_location: Any | None = None, weights_only: bool | None = None):
         try:
-            return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+            return torch.load(path, map_location=map_location or "cpu", weights_only=True, mmap=True)
         except FileNotFoundError:
             raise ModelLoadError(f"{path}: checkpoint not found") from None
         except Exception as err:
@@ -67,3 +71,33 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 f"{path}: not a loadable checkpoint (truncated, or holds objects other than tensors and plain "
                 f"values: {' '.join(str(err).split())[:160]})"
             ) from None
+
+
+def frozen_state_keys(module: torch.nn.Module) -> list[str]:
+    """State-dict keys of ``module.model`` that training does not change: frozen parameters and buffers."""
+    trainable = {f"model.{name}" for name, p in module.model.named_parameters() if p.requires_grad}
+    return [key for key in module.state_dict() if key.startswith("model.") and key not in trainable]
+
+
+def drop_frozen(module: torch.nn.Module, checkpoint: dict[str, Any]) -> None:
+    """Leave the frozen networks out of a checkpoint (``on_save_checkpoint``)."""
+    state = checkpoint["state_dict"]
+    for key in frozen_state_keys(module):
+        state.pop(key, None)
+    checkpoint["frozen_from"] = {"init_from": module.hparams.get("init_from")}
+
+
+def restore_frozen(module: torch.nn.Module, checkpoint: dict[str, Any]) -> None:
+    """Before a checkpoint without its frozen networks is loaded (``on_load_checkpoint``): they come from this run's
+    model, built from the same model config and ``stage.init_from`` (refused if that names another model)."""
+    if "frozen_from" not in checkpoint:
+        return  # a checkpoint that holds every network
+    theirs, ours = checkpoint["frozen_from"].get("init_from"), module.hparams.get("init_from")
+    if (theirs or None) != (ours or None):
+        raise VIDiffError(
+            f"the checkpoint was trained from stage.init_from={theirs}, this run's is {ours}: its frozen networks "
+            "are rebuilt from init_from, so resume with the same one"
+        )
+    state, current = checkpoint["state_dict"], module.state_dict()
+    for key in frozen_state_keys(module):
+        state.setdefault(key, current[key])

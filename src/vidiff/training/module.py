@@ -32,7 +32,7 @@ from vidiff.models import VIDiffModel
 from vidiff.models.autoencoder import autoencoder_fingerprint, sample_latents
 from vidiff.models.unet import checkpoint_motion_modules, is_temporal_parameter
 from vidiff.pipelines.vidiff_pipeline import tensor_to_frames
-from vidiff.training.checkpoint_io import AtomicCheckpointIO
+from vidiff.training.checkpoint_io import AtomicCheckpointIO, drop_frozen, restore_frozen
 from vidiff.training.objective import (
     ConditionDropout,
     DiffusionObjective,
@@ -74,6 +74,12 @@ def load_init_weights(model: VIDiffModel, path: str | Path) -> None:
             raise ModelLoadError(f"{path}: not a Lightning checkpoint (no state_dict)")
         state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
         scaling_factor = checkpoint.get("vae_scaling_factor")
+        if "frozen_from" in checkpoint:
+            # a checkpoint holds what its run trained: the rest comes from that run's own start
+            if checkpoint["frozen_from"].get("init_from"):
+                load_init_weights(model, checkpoint["frozen_from"]["init_from"])
+            current = model.state_dict()
+            state = {**{k: v for k, v in current.items() if k not in state}, **state}
     else:
         raise ModelLoadError(f"{path}: stage.init_from does not exist")
     missing, unexpected = model.load_state_dict(state, strict=False)
@@ -391,11 +397,16 @@ class VIDiffModule(L.LightningModule):
             self.ema.restore(self.trainable_parameters())
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        from vidiff.training.runs import identity_of_model
+
         checkpoint["vae_scaling_factor"] = float(self.model.vae.config.scaling_factor)
+        checkpoint["identity"] = identity_of_model(self.model)
+        drop_frozen(self, checkpoint)
         if self.ema is not None:
             checkpoint["ema"] = self.ema.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        restore_frozen(self, checkpoint)
         if self.ema is not None and "ema" in checkpoint:
             self.ema.load_state_dict(checkpoint["ema"])
             self.ema.to(self.ema_device())

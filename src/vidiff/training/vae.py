@@ -23,6 +23,7 @@ from einops import rearrange
 from vidiff.data.shards import to_model_range
 from vidiff.errors import VIDiffError
 from vidiff.models import VIDiffModel
+from vidiff.training.checkpoint_io import drop_frozen, restore_frozen
 from vidiff.training.module import load_init_weights
 from vidiff.training.objective import step_generator
 from vidiff.training.optim import LR_SCHEDULES, adamw_with_warmup
@@ -177,6 +178,10 @@ class VAEModule(L.LightningModule):
         # what the exported model will carry, so a next stage started from this checkpoint encodes the same way
         scale = self.latent_scaling_factor()
         checkpoint["vae_scaling_factor"] = scale if scale is not None else float(self.model.vae.config.scaling_factor)
+        drop_frozen(self, checkpoint)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        restore_frozen(self, checkpoint)
 
     @contextlib.contextmanager
     def ema_scope(self):
