@@ -334,3 +334,21 @@ def test_wandb_logger_without_wandb_says_which_extra(monkeypatch, tmp_path):
         VIDiffError, match=r"logger=wandb needs wandb, which is not installed: pip install 'vidiff\[wandb\]'"
     ):
         instantiate_group(cfg.logger)
+
+
+def test_insv2v_recipe_trains_only_the_motion_modules(tiny_shards, tmp_path):
+    from vidiff.config import instantiate_model
+    from vidiff.models.unet import is_temporal_parameter
+
+    cfg = compose_train(
+        ["experiment=paper/stage3_insv2v", "model=tiny", "trainer=cpu", f"paths.output_dir={tmp_path}",
+         f"paths.data_dir={tiny_shards}"]
+    )  # fmt: skip
+    module = instantiate(cfg.stage, model=instantiate_model(cfg.model))
+    trained = {n for n, p in module.model.named_parameters() if p.requires_grad}
+    unet = {n for n in trained if n.startswith("unet.")}
+    assert unet and all(is_temporal_parameter(n) for n in unet)
+    assert {
+        n for n, _ in module.model.named_parameters() if n.startswith("unet.") and is_temporal_parameter(n)
+    } == unet
+    assert not any(n.startswith(("vae.", "text_encoder.")) for n in trained)

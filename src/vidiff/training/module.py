@@ -160,6 +160,7 @@ class VIDiffModule(L.LightningModule):
         optimizer: str | Mapping[str, Any] = "adamw",
         frozen_dtype: str | None = None,
         lora: Mapping[str, Any] | None = None,
+        unet_parts: str = "all",
         val_inference_steps: int = 10,
         val_text_guidance: float = 7.5,
         val_video_guidance: float = 1.5,
@@ -189,6 +190,17 @@ class VIDiffModule(L.LightningModule):
         if init_from:
             load_init_weights(model, init_from)
         keep = trainable_filter(stage)
+        if unet_parts != "all":
+            # which of the stage's U-Net parameters train: InsV2V's recipe trains only the motion modules of an
+            # InstructPix2Pix + AnimateDiff model (parameters outside the U-Net, the image projector, still train)
+            if unet_parts not in ("motion", "spatial"):
+                raise ValueError(f"unknown unet_parts {unet_parts!r} (choose from all, motion, spatial)")
+            stage_filter, temporal = keep, unet_parts == "motion"
+
+            def keep(name: str) -> bool:
+                in_part = not name.startswith("unet.") or is_temporal_parameter(name) == temporal
+                return stage_filter(name) and in_part
+
         if lora:
             from vidiff.training.lora import add_lora, is_lora_parameter
 
