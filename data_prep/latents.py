@@ -272,7 +272,8 @@ def _locked(path: Path):
         yield
 
 
-def run(args, argv: list[str]) -> int:
+def run(args, argv: list[str], body=None) -> int:
+    """`vidiff-prep latents`; ``body``: the command layer's entry point a submitted part runs (``--launcher``)."""
     if args.chunk_frames < 1:
         raise VIDiffError(f"--chunk-frames must be at least 1 (got {args.chunk_frames})")
     shards_root, out = Path(args.shards), Path(args.out)
@@ -289,7 +290,7 @@ def run(args, argv: list[str]) -> int:
             path = _part_path(out, run_id, part, num_parts)
             return path.exists() and bool(_read_json(path).get("complete"))
 
-        parts.launch(argv, args, out, "latents", done)
+        parts.launch(argv, args, out, "latents", done, body)
         return merge(out, found, run_id, num_parts, args)
     if args.merge:
         return merge(out, found, run_id, num_parts, args)

@@ -150,13 +150,6 @@ def missing_parts_error(what: str, problems: dict[int, str], num_parts: int) -> 
 
 
 # ------------------------------------------------------------------------------------------------ submitit
-def run_part(argv: list[str]) -> int:
-    """A submitted job's body: one part, in-process; errors propagate so the scheduler marks the part failed."""
-    from vidiff.cli.prep import run_prep
-
-    return run_prep(argv)
-
-
 def _reason(err: BaseException) -> str:
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     return (lines[-1] if lines else type(err).__name__)[:200]
@@ -190,8 +183,14 @@ def make_executor(args, folder: Path, label: str):
     return executor
 
 
-def launch(argv: list[str], args, out: Path, label: str, done: Callable[[int], bool]) -> None:
-    """Submit every unfinished part of ``argv``'s run through submitit and wait; raise when parts still fail."""
+def launch(
+    argv: list[str], args, out: Path, label: str, done: Callable[[int], bool], body: Callable[[list[str]], int]
+) -> None:
+    """Submit every unfinished part of ``argv``'s run through submitit and wait; raise when parts still fail.
+
+    ``body(argv)`` is a submitted job: one part, in-process (errors propagate so the scheduler marks the part
+    failed). The command layer passes its own entry point (``vidiff.cli.prep.run_prep``), importable by name in the
+    job's process."""
     from tqdm.auto import tqdm
 
     num_parts = args.num_parts
@@ -201,7 +200,7 @@ def launch(argv: list[str], args, out: Path, label: str, done: Callable[[int], b
     def submit(parts: list[int]) -> dict:
         # the parts run this very command line, each as one part, in its own process
         argvs = [[*argv, "--launcher", "none", "--part", str(i), "--quiet"] for i in parts]
-        return dict(zip(parts, executor.map_array(run_part, argvs)))
+        return dict(zip(parts, executor.map_array(body, argvs)))
 
     todo = [i for i in range(num_parts) if not done(i)]
     if len(todo) < num_parts:

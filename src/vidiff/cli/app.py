@@ -41,9 +41,6 @@ def build_parser() -> argparse.ArgumentParser:
 @run_cli("vidiff-app")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from vidiff.utils.extras import require
-
-    require("gradio", "vidiff-app")
     # everything the app and Gradio write goes under one folder, removed when the app stops
     root = Path(tempfile.mkdtemp(prefix="vidiff-app-"))
     os.environ["GRADIO_TEMP_DIR"] = str(root / "gradio")
@@ -55,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     try:
+        from vidiff.utils.extras import require
+
+        # imported only now: gradio fixes its temporary folder from the environment when it is imported
+        require("gradio", "vidiff-app")
         from vidiff.app import EditService, serve
 
         service = EditService.load(

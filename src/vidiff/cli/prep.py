@@ -134,7 +134,7 @@ def run_prep(argv: list[str] | None = None) -> int:
     if args.source == "latents":
         from vidiff.data_prep.latents import run
 
-        return run(args, argv)
+        return run(args, argv, body=run_prep)
     for flag in ("short_side", "max_frames", "shard_size", "workers", "min_frames"):
         if getattr(args, flag) < 1:
             raise VIDiffError(f"--{flag.replace('_', '-')} must be at least 1 (got {getattr(args, flag)})")
@@ -159,7 +159,7 @@ def run_prep(argv: list[str] | None = None) -> int:
         raise VIDiffError(f"--name {name}: use lower-case letters, digits, '.', '_' and '-' (no split names)")
     run, num_parts = parts.run_id(args), args.num_parts
     if args.launcher != "none":
-        parts.launch(argv, args, out, name, done=lambda i: part_complete(out, name, i, num_parts, run))
+        parts.launch(argv, args, out, name, done=lambda i: part_complete(out, name, i, num_parts, run), body=run_prep)
         return _finish(merge_parts(name, out, num_parts, run), out, name, root)
     if args.merge:
         return _finish(merge_parts(name, out, num_parts, run), out, name, root)

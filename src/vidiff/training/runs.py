@@ -77,6 +77,8 @@ def resolve_init_from(init_from: str | None) -> str | None:
         print(f"vidiff-train: stage.init_from: {runs[-1]} (the newest finished run of {path})")
         return str(runs[-1])
     names = experiments_named(path.name)
+    if not path.exists() and not names:
+        raise ModelLoadError(f"{path}: stage.init_from does not exist")
     what = f"`vidiff-train experiment={names[0]}`" if names else f"the experiment whose task_name is {path.name}"
     started = sorted(path.glob("runs/*/checkpoints")) + sorted(path.glob("multiruns/*/*/checkpoints"))
     state = (
@@ -101,7 +103,12 @@ def identity_of(init_from: str) -> dict[str, Any] | None:
     """The identity a model directory or a checkpoint records (``None``: a checkpoint from before it was recorded)."""
     path = Path(init_from)
     if path.is_file():
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        from vidiff.training.checkpoint_io import AtomicCheckpointIO
+
+        # a file that is not a checkpoint (or would need unpickling) is one line naming it
+        checkpoint = AtomicCheckpointIO().load_checkpoint(path)
+        if not isinstance(checkpoint, dict):
+            raise ModelLoadError(f"{path}: not a Lightning checkpoint (no state_dict)")
         return checkpoint.get("identity")
     try:
         index = json.loads((path / "model_index.json").read_text())
