@@ -74,7 +74,7 @@ def real_clip(frames: int, size: int) -> np.ndarray:
 def bench_pipeline_overhead(model, clip: np.ndarray, steps: int, repeats: int) -> dict:
     from vidiff.pipelines import VIDiffPipeline
 
-    pipe = VIDiffPipeline(model)
+    pipe = VIDiffPipeline.from_model(model)
     pipe.set_progress_bar_config(disable=True)
 
     def run():
@@ -96,7 +96,7 @@ def bench_pipeline_overhead(model, clip: np.ndarray, steps: int, repeats: int) -
 
 
 def bench_guidance_batching(model, clip: np.ndarray, repeats: int) -> dict:
-    from vidiff.pipelines.vidiff_pipeline import video_to_tensor
+    from vidiff.utils.frames import video_to_tensor
 
     with torch.no_grad():
         source = model.encode_video(video_to_tensor(clip))

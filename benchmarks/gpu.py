@@ -131,7 +131,8 @@ def main() -> None:
     model = build_model(args.model, device, dtype, args.channels_last)
     if args.compile:
         model.unet = torch.compile(model.unet, mode="max-autotune-no-cudagraphs", dynamic=False)
-    pipe = VIDiffPipeline(model, scheduler="ddim", vae_chunk_size=args.frames)
+    pipe = VIDiffPipeline.from_model(model, scheduler="ddim")
+    pipe.vae_batch_size = args.frames
     pipe.set_progress_bar_config(disable=True)
     generator = torch.Generator().manual_seed(0)
     video = torch.rand(args.frames, 3, args.size, args.size, generator=generator) * 2 - 1

@@ -15,6 +15,8 @@ import time
 
 import torch
 
+from vidiff.pipelines import load_model
+
 
 def measure(model, batch: int, frames: int, size: int, repeats: int) -> dict[str, float]:
     video = torch.rand(batch, 3, frames, size, size) * 2 - 1
@@ -53,9 +55,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     if args.model:
-        from vidiff.models import VIDiffModel
-
-        model = VIDiffModel.from_pretrained(args.model)
+        model = load_model(args.model)
     else:
         from vidiff.config import load_model_preset
 

@@ -162,7 +162,7 @@ def _as_metric_input(video: BenchmarkVideo, frames: np.ndarray, task: str) -> tu
 
 def vae_reconstruction(model, frames: np.ndarray, chunk_size: int = 8) -> np.ndarray:
     """Encode and decode frames with the model's VAE (the latent upper bound)."""
-    from vidiff.pipelines.vidiff_pipeline import pad_to_multiple, tensor_to_frames, video_to_tensor
+    from vidiff.utils.frames import pad_to_multiple, tensor_to_frames, video_to_tensor
 
     video, (h, w) = pad_to_multiple(video_to_tensor(frames).to(model.device, model.vae.dtype), model.vae_scale_factor)
     with torch.no_grad():
@@ -257,7 +257,7 @@ def run_benchmark(
         rows[baseline] = scorer.result(len(videos), num_frames, None)
 
     for label, model in models.items():
-        pipe = VIDiffPipeline(model, scheduler=sampling.scheduler)
+        pipe = VIDiffPipeline.from_model(model, scheduler=sampling.scheduler)
         pipe.set_progress_bar_config(disable=True)
         scorer.reset()
         seconds = 0.0
@@ -292,7 +292,7 @@ def guidance_grid(
     ``metric_name=None`` only the frames: videos without a ground truth, as in the web app)."""
     from vidiff.pipelines import VIDiffPipeline
 
-    pipe = VIDiffPipeline(model, scheduler=sampling.scheduler)
+    pipe = VIDiffPipeline.from_model(model, scheduler=sampling.scheduler)
     pipe.set_progress_bar_config(disable=True)
     values = np.full((len(text_scales), len(video_scales)), math.nan)
     thumbs: list[list[np.ndarray]] = []

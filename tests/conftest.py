@@ -27,7 +27,7 @@ def pipe(tiny_model):
     """A tiny-model pipeline without progress bars."""
     from vidiff.pipelines import VIDiffPipeline
 
-    pipe = VIDiffPipeline(tiny_model)
+    pipe = VIDiffPipeline.from_model(tiny_model)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

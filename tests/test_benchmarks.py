@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from vidiff.pipelines import save_model
+
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,7 +44,7 @@ def test_cpu_suite_runs(tmp_path):
 def test_latent_training_benchmark_runs(tiny_shards, tmp_path):
     from vidiff.config import load_model_preset
 
-    model = load_model_preset("tiny").save_pretrained(tmp_path / "model")
+    model = save_model(load_model_preset("tiny"), tmp_path / "model")
     cmd = [sys.executable, str(ROOT / "benchmarks" / "latent_training.py"), "--shards", str(tiny_shards),
            "--model", str(model), "--experiment", "smoke", "--steps", "2", "--warmup", "1"]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)

@@ -5,6 +5,7 @@ import pytest
 
 from vidiff.cli import edit
 from vidiff.io import probe_video, read_video
+from vidiff.pipelines import save_model
 
 from .conftest import gradient_video
 
@@ -40,7 +41,7 @@ def test_image_instruction_and_checkpoint(tiny_model, bikes_path, tmp_path):
 
     image = tmp_path / "style.png"
     Image.fromarray(gradient_video(1, 40, 40)[0]).save(image)
-    ckpt = tiny_model.save_pretrained(tmp_path / "model")
+    ckpt = save_model(tiny_model, tmp_path / "model")
     out = tmp_path / "styled.mp4"
     args = [
         str(bikes_path),

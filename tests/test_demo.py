@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 from vidiff.io import probe_video
+from vidiff.pipelines import load_model
 
 
 def test_demo_loop_end_to_end(tmp_path):
@@ -88,11 +89,10 @@ def test_demo_loop_end_to_end(tmp_path):
     assert sum(n for name, n in sizes.items() if "-tune-" in name) == 3  # the last segment of each training clip
     # T2V and V2V train from latents the trained autoencoder wrote, and keep that autoencoder (scale included)
     assert f"paths.data_dir={out / 'latents'}" in proc.stderr
-    from vidiff.models import VIDiffModel
     from vidiff.models.autoencoder import autoencoder_fingerprint
 
-    trained_vae = VIDiffModel.from_pretrained(out / "runs" / "vae" / "model").vae
-    final_vae = VIDiffModel.from_pretrained(out / "runs" / "v2v" / "model").vae
+    trained_vae = load_model(out / "runs" / "vae" / "model").vae
+    final_vae = load_model(out / "runs" / "v2v" / "model").vae
     manifest = json.loads((out / "latents" / "dehaze" / "latents.json").read_text())
     assert manifest["autoencoder"] == autoencoder_fingerprint(trained_vae) == autoencoder_fingerprint(final_vae)
     assert final_vae.config.scaling_factor == trained_vae.config.scaling_factor != 0.18215

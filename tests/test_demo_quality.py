@@ -15,8 +15,8 @@ from vidiff.data.tasks import is_segmentation_instruction
 from vidiff.data_prep import degrade
 from vidiff.data_prep.convert_video_folder import degrade_clip
 from vidiff.errors import ModelLoadError, VIDiffError
-from vidiff.models import VIDiffModel
 from vidiff.overlay import overlay_to_mask, render_overlay
+from vidiff.pipelines import load_model, save_model
 
 
 X0_OVERRIDES = ["model.noise_scheduler.prediction_type=sample", "model.source_residual=true"]
@@ -60,9 +60,9 @@ def test_source_residual_starts_at_copy_the_source(residual_model):
 
 
 def test_source_residual_is_saved_and_needs_x0_prediction(residual_model, tmp_path):
-    residual_model.save_pretrained(tmp_path / "model")
+    save_model(residual_model, tmp_path / "model")
     assert json.loads((tmp_path / "model" / "model_index.json").read_text())["source_residual"] is True
-    assert VIDiffModel.from_pretrained(tmp_path / "model").source_residual is True
+    assert load_model(tmp_path / "model").source_residual is True
     with pytest.raises(VIDiffError, match="source_residual=true needs model.noise_scheduler.prediction_type=sample"):
         load_model_preset("tiny", overrides=["model.source_residual=true"])  # epsilon prediction
     index = json.loads((tmp_path / "model" / "model_index.json").read_text())
@@ -70,7 +70,7 @@ def test_source_residual_is_saved_and_needs_x0_prediction(residual_model, tmp_pa
     config = json.loads(scheduler.read_text())
     scheduler.write_text(json.dumps({**config, "prediction_type": "epsilon"}))
     with pytest.raises(ModelLoadError, match="model_index.json: source_residual needs"):
-        VIDiffModel.from_pretrained(tmp_path / "model")
+        load_model(tmp_path / "model")
     assert index["source_residual"] is True
 
 

@@ -14,6 +14,7 @@ from hydra.core.global_hydra import GlobalHydra
 
 from vidiff.config import conf_dir
 from vidiff.errors import VIDiffError
+from vidiff.pipelines import save_model
 
 
 BENCHMARKS = sorted(p.stem for p in (conf_dir() / "benchmark").glob("*.yaml"))
@@ -36,7 +37,7 @@ def evaluate(overrides: list[str]):
 def tiny_checkpoint(tmp_path_factory, tiny_model) -> Path:
     """A model directory as vidiff-train exports it (<run>/model)."""
     run = tmp_path_factory.mktemp("run-a")
-    tiny_model.save_pretrained(run / "model")
+    save_model(tiny_model, run / "model")
     return run / "model"
 
 

@@ -26,6 +26,7 @@ from PIL import Image
 from tests.test_released_layouts import TEXT_WIDTH, WIDTH, clip_text, ldm_first_stage, original_animatediff
 from vidiff.config import load_model_preset
 from vidiff.models.tokenizer import build_clip_tokenizer
+from vidiff.pipelines import load_model, save_model
 from vidiff.pipelines.vidiff_pipeline import VIDiffPipeline
 
 
@@ -167,7 +168,7 @@ def edit_both(model, oracle, sampler, text_scale, video_scale):
         image_guidance_scale=video_scale, latents=noise.clone(), generator=torch.Generator().manual_seed(9),
         output_type="np",
     ).images[0]  # fmt: skip
-    pipe = VIDiffPipeline(model, scheduler=sampler)
+    pipe = VIDiffPipeline.from_model(model, scheduler=sampler)
     pipe.set_progress_bar_config(disable=True)
     ours = pipe(
         frame[None], PROMPT, num_inference_steps=STEPS, text_guidance_scale=text_scale,
@@ -205,10 +206,9 @@ def test_ip2p_convention_is_what_makes_them_agree(released_ip2p, vidiff_ip2p):
 
 
 def test_ip2p_saved_and_reloaded_keeps_its_convention(vidiff_ip2p, tmp_path):
-    from vidiff.models.vidiff_model import VIDiffModel
 
     model = vidiff_ip2p["folder"]
-    loaded = VIDiffModel.from_pretrained(model.save_pretrained(tmp_path / "model"))
+    loaded = load_model(save_model(model, tmp_path / "model"))
     assert loaded.conditioning == "unscaled"
     assert loaded.noise_scheduler.config.set_alpha_to_one is False  # the release's sampler settings travel too
 
@@ -228,7 +228,7 @@ def test_released_animatediff_acts_on_a_16_frame_ip2p_clip(released_ip2p, tmp_pa
     path = tmp_path / "mm_sd_v15_v2.ckpt"
     torch.save({"state_dict": original_animatediff(adapter)}, path)
     model = load_model_preset("ip2p", [f"paths.ip2p={folder}", f"paths.motion_adapter={path}"])
-    pipe = VIDiffPipeline(model)
+    pipe = VIDiffPipeline.from_model(model)
     pipe.set_progress_bar_config(disable=True)
     clip = np.stack([np.roll(source_frame(), 2 * i, axis=1) for i in range(16)])
     noise = torch.randn(1, 4, 16, SIZE // 8, SIZE // 8, generator=torch.Generator().manual_seed(1))

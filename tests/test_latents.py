@@ -13,6 +13,7 @@ import torch
 
 from vidiff.config import load_model_preset
 from vidiff.models.autoencoder import autoencoder_fingerprint
+from vidiff.pipelines import load_model, save_model
 from vidiff.training.module import VIDiffModule
 
 
@@ -22,7 +23,7 @@ def _calibrated_autoencoder_model(tmp_path, scale: float = 0.5):
     with torch.no_grad():
         model.vae.encoder.conv_in.weight.mul_(1.5)
     model.vae.register_to_config(scaling_factor=scale)
-    return model, model.save_pretrained(tmp_path / "vae_stage")
+    return model, save_model(model, tmp_path / "vae_stage")
 
 
 def test_next_stage_keeps_the_autoencoders_scaling_factor(tmp_path):
@@ -106,7 +107,7 @@ def test_latent_prep_resumes_and_refuses_latents_of_another_autoencoder(tiny_sha
 
     shard = sorted((latent_shards / "dehaze").glob("*.tar"))[0]
     before = shard.stat().st_mtime_ns
-    preset = load_model_preset("tiny").save_pretrained(tmp_path / "preset")
+    preset = save_model(load_model_preset("tiny"), tmp_path / "preset")
     # a rerun with the same autoencoder rewrites nothing
     _, folder = _calibrated_autoencoder_model(tmp_path / "again", scale=0.4)
     args = ["latents", "--shards", str(tiny_shards), "--out", str(latent_shards), "--quiet", "--dtype", "float32"]
@@ -228,9 +229,8 @@ def test_training_from_latent_shards_runs_and_the_vae_stage_refuses_them(latent_
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = (run / "csv" / "metrics.csv").read_text()
     assert "train/loss" in metrics and "val/dehaze/psnr" in metrics
-    from vidiff.models import VIDiffModel
 
-    assert VIDiffModel.from_pretrained(run / "model").vae.config.scaling_factor == 0.4
+    assert load_model(run / "model").vae.config.scaling_factor == 0.4
     result = subprocess.run(
         [sys.executable, "-m", "vidiff.cli.train", "experiment=demo/vae", f"hydra.run.dir={tmp_path / 'vae'}",
          "trainer.max_steps=2", "data.num_frames=4", "data.resolution=32", *common],

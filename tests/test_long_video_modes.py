@@ -80,7 +80,7 @@ def test_anchor_holds_the_overlap_frames(tiny_model, carphone_frames, sampler):
     """Anchored for every step, the overlap frames end at the anchor; unanchored, far from it."""
     from vidiff.pipelines import VIDiffPipeline
 
-    pipe = VIDiffPipeline(tiny_model, scheduler=sampler)
+    pipe = VIDiffPipeline.from_model(tiny_model, scheduler=sampler)
     pipe.set_progress_bar_config(disable=True)
     clip = carphone_frames[:4, :32, :32]
     anchor = torch.randn(1, 4, 2, 4, 4, generator=torch.Generator().manual_seed(2))
@@ -94,7 +94,7 @@ def test_anchor_holds_the_overlap_frames(tiny_model, carphone_frames, sampler):
 
     held, free = distance(1.0), distance(0.0)
     assert held < 0.25 * free, (held, free)
-    with pytest.raises(ValueError, match="anchor_latents must be"):
+    with pytest.raises(VIDiffError, match="anchor_latents must be"):
         pipe(clip, "Recolor.", num_inference_steps=1, anchor_latents=torch.zeros(1, 4, 2, 8, 8))
 
 

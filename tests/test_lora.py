@@ -7,6 +7,7 @@ import torch
 
 from vidiff.config import compose_config, load_model_preset
 from vidiff.models import VIDiffModel
+from vidiff.pipelines import load_model, save_model
 from vidiff.training.lora import merged
 from vidiff.training.module import VIDiffModule
 from vidiff.training.plan import synthetic_batch
@@ -48,8 +49,8 @@ def test_lora_trains_exports_merged_and_loads(tmp_path):
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     module.eval()
-    merged(module.model).save_pretrained(tmp_path / "model")
-    loaded = VIDiffModel.from_pretrained(tmp_path / "model")
+    save_model(merged(module.model), tmp_path / "model")
+    loaded = load_model(tmp_path / "model")
     assert not any(".lora_" in n for n, _ in loaded.named_parameters())
     out_trained, out_loaded = predict(module.model), predict(loaded)
     assert (out_loaded - base).abs().max() > 1e-4

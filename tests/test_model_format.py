@@ -15,7 +15,8 @@ import pytest
 
 from tests.fixtures.make_model_format1 import edit
 from vidiff.errors import ModelLoadError
-from vidiff.models.vidiff_model import FORMAT_VERSION, VIDiffModel
+from vidiff.pipelines import load_model, save_model
+from vidiff.pipelines.vidiff_pipeline import FORMAT_VERSION
 
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -27,7 +28,7 @@ TOLERANCE = 1e-3
 @pytest.fixture(scope="module")
 def format1():
     recorded = np.load(FIXTURES / "model_format1_edit.npz")
-    return VIDiffModel.from_pretrained(FIXTURES / "model_format1"), recorded["source"], recorded["frames"]
+    return load_model(FIXTURES / "model_format1"), recorded["source"], recorded["frames"]
 
 
 def test_format1_directory_edits_as_it_did(format1):
@@ -45,19 +46,19 @@ def test_format1_directory_edits_as_it_did(format1):
 
 def test_format1_directory_resaved_in_the_current_format(format1, tmp_path):
     model, source, frames = format1
-    saved = model.save_pretrained(tmp_path / "model")
+    saved = save_model(model, tmp_path / "model")
     index = json.loads((saved / "model_index.json").read_text())
     assert index["format_version"] == FORMAT_VERSION and index["conditioning"] == "scaled"
-    assert np.abs(edit(VIDiffModel.from_pretrained(saved), source) - frames).max() <= TOLERANCE
+    assert np.abs(edit(load_model(saved), source) - frames).max() <= TOLERANCE
 
 
 def test_unknown_conditioning_is_one_line_error(format1, tmp_path):
     model, _, _ = format1
-    saved = model.save_pretrained(tmp_path / "model")
+    saved = save_model(model, tmp_path / "model")
     index = json.loads((saved / "model_index.json").read_text())
     (saved / "model_index.json").write_text(json.dumps({**index, "conditioning": "sideways"}))
     with pytest.raises(ModelLoadError, match="conditioning must be one of scaled, unscaled, not 'sideways'") as err:
-        VIDiffModel.from_pretrained(saved)
+        load_model(saved)
     assert "\n" not in str(err.value)
 
 

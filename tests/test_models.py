@@ -10,6 +10,7 @@ from vidiff.config import compose_model_config, load_model_preset
 from vidiff.errors import ModelLoadError
 from vidiff.models import VIDiffModel, build_clip_tokenizer, inflate, load_state_dict_file, widen_conv_in
 from vidiff.models.unet import motion_modules
+from vidiff.pipelines import load_model, save_model
 
 
 def tiny_unet2d(in_channels=4, seed=0) -> UNet2DConditionModel:
@@ -125,7 +126,7 @@ def _outputs(model: VIDiffModel, seed=0):
 
 
 def test_save_load_round_trip_gives_identical_outputs(tiny_model, tmp_path):
-    path = tiny_model.save_pretrained(tmp_path / "model")
+    path = save_model(tiny_model, tmp_path / "model")
     assert sorted(p.name for p in path.iterdir()) == [
         "image_encoder",
         "image_projector",
@@ -137,7 +138,7 @@ def test_save_load_round_trip_gives_identical_outputs(tiny_model, tmp_path):
         "vae",
     ]
     assert list(path.rglob("*.safetensors")) and not list(path.rglob("*.bin"))
-    loaded = VIDiffModel.from_pretrained(path)
+    loaded = load_model(path)
     saved_state, loaded_state = tiny_model.state_dict(), loaded.state_dict()
     assert saved_state.keys() == loaded_state.keys()
     for key in saved_state:
@@ -147,16 +148,16 @@ def test_save_load_round_trip_gives_identical_outputs(tiny_model, tmp_path):
         assert a.shape == b.shape and (a - b).abs().max() < 1e-5
     assert loaded.noise_scheduler.config.beta_schedule == "scaled_linear"
     # saving again over an existing directory replaces it atomically
-    tiny_model.save_pretrained(path)
+    save_model(tiny_model, path)
     assert (path / "model_index.json").is_file()
 
 
 def test_from_pretrained_errors_are_one_line(tmp_path):
     with pytest.raises(ModelLoadError, match="no such model directory"):
-        VIDiffModel.from_pretrained(tmp_path / "missing")
+        load_model(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelLoadError, match="model_index.json is missing"):
-        VIDiffModel.from_pretrained(tmp_path / "empty")
+        load_model(tmp_path / "empty")
 
 
 def _animatediff_keys(state: dict) -> dict:

@@ -93,7 +93,7 @@ def test_the_pipeline_samples_with_the_matching_parameterisation(kind, zero_snr,
     """With an oracle network of the model's kind, DDIM sampling from pure noise lands on the clean latents."""
     extra = ["model.noise_scheduler.rescale_betas_zero_snr=true", "model.noise_scheduler.timestep_spacing=trailing"]
     model = tiny_model(kind, *(extra if zero_snr else []))
-    pipe = VIDiffPipeline(model)
+    pipe = VIDiffPipeline.from_model(model)
     pipe.set_progress_bar_config(disable=True)
     assert pipe.scheduler.config.prediction_type == kind
     if zero_snr:
@@ -206,7 +206,7 @@ def test_dual_guidance_terms_are_wired_to_the_right_conditions(s_text, s_video, 
         return value.view(-1, 1, 1, 1, 1).expand_as(noisy).clone()
 
     monkeypatch.setattr(model, "predict_noise", conditions)
-    pipe = VIDiffPipeline(model)
+    pipe = VIDiffPipeline.from_model(model)
     pipe.set_progress_bar_config(disable=True)
     received = []
     step = pipe.scheduler.step

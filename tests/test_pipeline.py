@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from vidiff.errors import VIDiffError
 from vidiff.pipelines import VIDiffPipeline, dual_guidance
 
 
@@ -43,7 +44,7 @@ def test_one_batched_unet_call_per_step(tiny_model, carphone_frames):
     original = tiny_model.unet
     tiny_model.unet = CountingUNet(original)
     try:
-        pipe = VIDiffPipeline(tiny_model)
+        pipe = VIDiffPipeline.from_model(tiny_model)
         pipe.set_progress_bar_config(disable=True)
         _run(pipe, carphone_frames[:3, :32, :32], num_inference_steps=3)
         assert tiny_model.unet.batches == [3, 3, 3]
@@ -57,7 +58,7 @@ def test_unit_scales_equal_fully_conditioned_prediction(pipe, tiny_model, carpho
 
     # the same sampling loop using only eps(V, T)
     model, scheduler = tiny_model, pipe.scheduler
-    from vidiff.pipelines.vidiff_pipeline import video_to_tensor
+    from vidiff.utils.frames import video_to_tensor
 
     with torch.no_grad():
         source = model.encode_video(video_to_tensor(frames))
@@ -102,14 +103,14 @@ def test_same_seed_same_output_and_image_instruction(pipe, carphone_frames):
 
 @pytest.mark.parametrize("scheduler", ["ddim", "euler_a", "dpmpp"])
 def test_schedulers(tiny_model, carphone_frames, scheduler):
-    pipe = VIDiffPipeline(tiny_model, scheduler=scheduler)
+    pipe = VIDiffPipeline.from_model(tiny_model, scheduler=scheduler)
     pipe.set_progress_bar_config(disable=True)
     out = _run(pipe, carphone_frames[:2, :32, :32], num_inference_steps=3)
     assert out.shape == (2, 32, 32, 3)
 
 
 def test_needs_an_instruction(pipe, carphone_frames):
-    with pytest.raises(ValueError, match="instruction"):
+    with pytest.raises(VIDiffError, match="instruction"):
         pipe(carphone_frames[:2, :16, :16], None)
 
 
@@ -118,7 +119,7 @@ def test_strength_runs_the_tail_of_the_schedule_from_the_noised_source(tiny_mode
     tiny_model.unet = CountingUNet(original)
     frames = carphone_frames[:3, :32, :32]
     try:
-        pipe = VIDiffPipeline(tiny_model)
+        pipe = VIDiffPipeline.from_model(tiny_model)
         pipe.set_progress_bar_config(disable=True)
         full = _run(pipe, frames, num_inference_steps=4, output_type="latent")
         assert len(tiny_model.unet.batches) == 4
@@ -127,7 +128,7 @@ def test_strength_runs_the_tail_of_the_schedule_from_the_noised_source(tiny_mode
         tiny_model.unet.batches.clear()
         _run(pipe, frames, num_inference_steps=4, strength=0.5)
         assert len(tiny_model.unet.batches) == 2  # only the last half of the steps run
-        with pytest.raises(ValueError, match="strength"):
+        with pytest.raises(VIDiffError, match="strength"):
             _run(pipe, frames, strength=0.0)
     finally:
         tiny_model.unet = original
@@ -155,7 +156,9 @@ def test_callback_on_step_end_sees_every_step_and_can_change_the_latents(pipe, c
         callback_on_step_end=lambda p, i, t, tensors: {"latents": torch.zeros_like(tensors["latents"])},
     )  # fmt: skip
     assert not zeroed.any()  # what the callback returns after the last step is what comes out
-    with pytest.raises(ValueError, match="'noise' is not one of latents, instruction_embeds, source_latents"):
+    with pytest.raises(
+        VIDiffError, match="callback tensor 'noise' is not one of latents, instruction_embeds, source_latents"
+    ):
         _run(
             pipe,
             frames,

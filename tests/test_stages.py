@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from vidiff.errors import VIDiffError
+from vidiff.pipelines import save_model
 
 from .test_train import _deterministic_data, compose_train, run_train, tiny_overrides
 
@@ -39,7 +40,7 @@ def save_stage2_model(root: Path, run: str, *overrides: str) -> Path:
     from vidiff.config import load_model_preset
 
     model_dir = root / "outputs" / "stage2_t2v" / "runs" / run / "model"
-    load_model_preset("tiny", list(overrides)).save_pretrained(model_dir)
+    save_model(load_model_preset("tiny", list(overrides)), model_dir)
     return model_dir
 
 

@@ -13,6 +13,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 
 from vidiff.config import conf_dir
+from vidiff.pipelines import load_model
 
 
 EXPERIMENTS = sorted(
@@ -265,7 +266,6 @@ def test_vae_stage_learns_to_reconstruct_and_sets_the_latent_scale(tiny_shards, 
     from vidiff.config import load_model_preset
     from vidiff.evaluation.benchmark import iter_videos, vae_reconstruction
     from vidiff.evaluation.metrics.pixel import psnr_frames
-    from vidiff.models import VIDiffModel
 
     held_out = next(iter_videos(str(tiny_shards / "deblur"), "val", "deblur")).target
     before = psnr_frames(vae_reconstruction(load_model_preset("tiny"), held_out), held_out).mean()
@@ -280,7 +280,7 @@ def test_vae_stage_learns_to_reconstruct_and_sets_the_latent_scale(tiny_shards, 
         ]
     )
     run_train(cfg)
-    trained = VIDiffModel.from_pretrained(tmp_path / "model")
+    trained = load_model(tmp_path / "model")
     after = psnr_frames(vae_reconstruction(trained, held_out), held_out).mean()
     assert after > before + 3, (before, after)
     # the other networks are untouched by this stage
@@ -288,7 +288,7 @@ def test_vae_stage_learns_to_reconstruct_and_sets_the_latent_scale(tiny_shards, 
     assert torch.equal(trained.unet.conv_in.weight, fresh.unet.conv_in.weight)
     scale = trained.vae.config.scaling_factor
     assert scale != 0.18215
-    from vidiff.pipelines.vidiff_pipeline import video_to_tensor
+    from vidiff.utils.frames import video_to_tensor
 
     with torch.no_grad():
         latents = trained.encode_video(video_to_tensor(held_out))

@@ -217,7 +217,7 @@ def test_validation_psnr_equals_the_evaluation_psnr_of_the_same_video(tiny_shard
     from vidiff.data import MultiTaskDataModule
     from vidiff.data.shards import to_model_range
     from vidiff.evaluation.metrics import build_metric
-    from vidiff.pipelines.vidiff_pipeline import tensor_to_frames
+    from vidiff.utils.frames import tensor_to_frames
 
     def make_dm():
         return MultiTaskDataModule(

@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)
     model = load_model(args.checkpoint, args.model, device, dtype)
-    pipe = VIDiffPipeline(model, scheduler=args.scheduler)
+    pipe = VIDiffPipeline.from_model(model, scheduler=args.scheduler)
     pipe.set_progress_bar_config(disable=True)
 
     from vidiff.pipelines.long_video import resolve_carry

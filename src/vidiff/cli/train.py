@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from vidiff.cli.common import one_line_errors
 from vidiff.config import conf_dir
 from vidiff.errors import VIDiffError
+from vidiff.pipelines import save_model
 
 
 class _DropLightningTips(logging.Filter):
@@ -123,9 +124,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             if module.hparams.get("lora"):
                 from vidiff.training.lora import merged
 
-                merged(module.model).save_pretrained(out)  # adapters merged: a plain VIDiff model directory
+                save_model(merged(module.model), out)  # adapters merged: a plain VIDiff model directory
             else:
-                module.model.save_pretrained(out)
+                save_model(module.model, out)
         print(f"vidiff-train: model exported to {out}")
     return metrics, {"trainer": trainer, "module": module, "datamodule": datamodule}
 

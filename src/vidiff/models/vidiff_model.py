@@ -1,41 +1,22 @@
-"""VIDiffModel: every network the VIDiff diffusion model needs, and its on-disk format.
+"""VIDiffModel: every network the VIDiff diffusion model needs, as one training-side ``nn.Module``.
 
-A saved model is a directory in the diffusers style, one subfolder per component, weights as safetensors::
-
-    model_index.json        class name, format version, instruction settings, conditioning convention
-    unet/                   UNetMotionModel (8-channel conv_in + motion modules)
-    vae/                    AutoencoderKL
-    text_encoder/           CLIPTextModel        tokenizer/  CLIPTokenizer
-    image_encoder/          CLIPVisionModelWithProjection (optional)
-    image_projector/        ImageInstructionProjector (optional)
-    scheduler/              the DDPM training noise schedule
-
-Every command (``vidiff-edit --checkpoint``, ``vidiff-eval``, training's export) reads and writes this format.
+On disk a model is a diffusers pipeline directory written by :class:`vidiff.pipelines.VIDiffPipeline` (one subfolder
+per component, weights as safetensors, the settings below in ``model_index.json``); the pipeline wraps the same
+networks and calls this module's ``encode_instruction``, ``encode_video`` and ``predict_noise``, so training and
+sampling share them. Save with :func:`vidiff.pipelines.save_model`, load with :func:`vidiff.pipelines.load_model`.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
-from pathlib import Path
-
 import torch
-import transformers
 from diffusers import AutoencoderKL, DDPMScheduler, UNetMotionModel
 from einops import rearrange
 from torch import nn
 from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
-from vidiff.errors import ModelLoadError, writing
 from vidiff.models.projector import ImageInstructionProjector
-from vidiff.utils.files import publish
 
 
-# 2: model_index.json records the conditioning convention ("conditioning"); a format-1 directory has none and
-# loads with the convention every format-1 model was trained with ("scaled")
-FORMAT_VERSION = 2
 # how the source latents enter the U-Net (see VIDiffModel)
 CONDITIONINGS = ("scaled", "unscaled")
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -221,96 +202,3 @@ class VIDiffModel(nn.Module):
             # a dropped source (zeros, the unconditional branch of guidance) adds nothing
             prediction = prediction + source_latents.to(prediction.dtype)
         return prediction
-
-    # ---------------------------------------------------------------- persistence
-    def save_pretrained(self, path: str | os.PathLike) -> Path:
-        """Write the model directory atomically (a temp directory renamed into place)."""
-        path = Path(path)
-        transformers.utils.logging.disable_progress_bar()
-        need = sum(t.numel() * t.element_size() for t in self.state_dict().values())
-        # a full disk is one line naming the model folder (safetensors reports it in a SafetensorError)
-        with writing(path, need_bytes=need):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
-            try:
-                self.unet.save_pretrained(tmp / "unet", safe_serialization=True)
-                self.vae.save_pretrained(tmp / "vae", safe_serialization=True)
-                self.text_encoder.save_pretrained(tmp / "text_encoder", safe_serialization=True)
-                self.tokenizer.save_pretrained(tmp / "tokenizer")
-                self.noise_scheduler.save_pretrained(tmp / "scheduler")
-                if self.image_encoder is not None:
-                    self.image_encoder.save_pretrained(tmp / "image_encoder", safe_serialization=True)
-                    self.image_projector.save_pretrained(tmp / "image_projector", safe_serialization=True)
-                index = {
-                    "_class_name": "VIDiffModel",
-                    "format_version": FORMAT_VERSION,
-                    "has_image_branch": self.image_encoder is not None,
-                    "num_image_tokens": self.num_image_tokens,
-                    "source_residual": self.source_residual,
-                    "conditioning": self.conditioning,
-                    "reference_frames": None if self.reference_frames is None else list(self.reference_frames),
-                }
-                (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
-                publish(tmp, path)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
-        return path
-
-    @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, torch_dtype: torch.dtype | None = None) -> VIDiffModel:
-        """Load a directory written by :meth:`save_pretrained` (safetensors only, nothing is unpickled)."""
-        path = Path(path)
-        index_file = path / "model_index.json"
-        if not path.is_dir():
-            raise ModelLoadError(f"{path}: no such model directory")
-        if not index_file.is_file():
-            raise ModelLoadError(f"{path}: not a VIDiff model directory (model_index.json is missing)")
-        try:
-            index = json.loads(index_file.read_text())
-        except json.JSONDecodeError as err:
-            raise ModelLoadError(f"{index_file}: invalid JSON ({err})") from None
-        if index.get("_class_name") != "VIDiffModel":
-            raise ModelLoadError(f"{index_file}: not a VIDiff model (class {index.get('_class_name')!r})")
-        if not isinstance(index.get("format_version", 0), int) or index.get("format_version", 0) > FORMAT_VERSION:
-            raise ModelLoadError(f"{path}: saved by a newer VIDiff (format {index['format_version']}); upgrade vidiff")
-        required = ["unet", "vae", "text_encoder", "tokenizer", "scheduler"]
-        if index.get("has_image_branch"):
-            required += ["image_encoder", "image_projector"]
-        for name in required:
-            if not (path / name).is_dir():
-                raise ModelLoadError(f"{path / name}: missing component folder")
-        kwargs = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
-        transformers.utils.logging.disable_progress_bar()
-        try:
-            unet = UNetMotionModel.from_pretrained(path / "unet", use_safetensors=True, **kwargs)
-            vae = AutoencoderKL.from_pretrained(path / "vae", use_safetensors=True, **kwargs)
-            text_encoder = CLIPTextModel.from_pretrained(path / "text_encoder", use_safetensors=True, **_tf(kwargs))
-            tokenizer = CLIPTokenizer.from_pretrained(path / "tokenizer")
-            scheduler = DDPMScheduler.from_pretrained(path / "scheduler")
-            image_encoder = image_projector = None
-            if index.get("has_image_branch"):
-                image_encoder = CLIPVisionModelWithProjection.from_pretrained(
-                    path / "image_encoder", use_safetensors=True, **_tf(kwargs)
-                )
-                image_projector = ImageInstructionProjector.from_pretrained(
-                    path / "image_projector", use_safetensors=True, **kwargs
-                )
-        except (OSError, ValueError) as err:
-            raise ModelLoadError(f"{path}: cannot load model ({' '.join(str(err).split())[:200]})") from None
-        try:
-            model = cls(
-                unet, vae, text_encoder, tokenizer, scheduler, image_encoder, image_projector,
-                source_residual=bool(index.get("source_residual", False)),
-                # format 1 predates the setting: every such model was trained on scaled source latents
-                conditioning=index.get("conditioning", "scaled"),
-                reference_frames=index.get("reference_frames"),
-            )  # fmt: skip
-        except ValueError as err:
-            raise ModelLoadError(f"{index_file}: {err}") from None
-        return model.eval()
-
-
-def _tf(kwargs: dict) -> dict:
-    # transformers 5 renamed torch_dtype to dtype
-    return {"dtype": kwargs["torch_dtype"]} if "torch_dtype" in kwargs else {}

@@ -31,7 +31,7 @@ from vidiff.evaluation.metrics.pixel import video_psnr
 from vidiff.models import VIDiffModel
 from vidiff.models.autoencoder import autoencoder_fingerprint, sample_latents
 from vidiff.models.unet import checkpoint_motion_modules, is_temporal_parameter
-from vidiff.pipelines.vidiff_pipeline import tensor_to_frames
+from vidiff.pipelines import load_model
 from vidiff.training.checkpoint_io import AtomicCheckpointIO, drop_frozen, restore_frozen
 from vidiff.training.objective import (
     ConditionDropout,
@@ -40,6 +40,7 @@ from vidiff.training.objective import (
     step_generator,
 )
 from vidiff.training.optim import LR_SCHEDULES, adamw_with_warmup
+from vidiff.utils.frames import tensor_to_frames
 
 
 STAGES = ("t2i", "t2v", "v2v")
@@ -65,7 +66,7 @@ def load_init_weights(model: VIDiffModel, path: str | Path) -> None:
     """Start from a previous stage: a VIDiff model directory or a Lightning checkpoint (``weights_only``)."""
     path = Path(path)
     if path.is_dir():
-        source = VIDiffModel.from_pretrained(path)
+        source = load_model(path)
         state, scaling_factor = source.state_dict(), source.vae.config.scaling_factor
     elif path.is_file():
         # a file that is not a checkpoint (or needs unpickling) is one line, as for ckpt_path
@@ -436,7 +437,7 @@ class VIDiffModule(L.LightningModule):
         """The model's output for a batch's sources, ``[b, 3, f, h, w]`` in [-1, 1]."""
         from vidiff.pipelines import VIDiffPipeline
 
-        pipe = VIDiffPipeline(self.model)
+        pipe = VIDiffPipeline.from_model(self.model)
         pipe.set_progress_bar_config(disable=True)
         outputs = []
         for i, text in enumerate(batch["instruction"]):

@@ -14,7 +14,7 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 
 from vidiff.io import write_video
-from vidiff.pipelines.vidiff_pipeline import tensor_to_frames
+from vidiff.utils.frames import tensor_to_frames
 
 
 class VideoLogger(L.Callback):
