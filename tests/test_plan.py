@@ -16,6 +16,7 @@ from vidiff.training.plan import (
     count_flops,
     make_plan,
     saved_tensor_bytes,
+    shuffle_buffer_bytes,
     synthetic_batch,
     trace_step,
 )
@@ -79,6 +80,22 @@ def test_plan_parts_and_json(cfg, fake, traces, tmp_path, monkeypatch):
     assert data["memory"]["optimizer state"] == 8 * trainable  # AdamW's two fp32 moments
     assert data["max_batch_per_gpu"] > BATCH  # the tiny model fits many samples on 24 GB
     assert "activations" in plan.table()
+    # the host figure uses the bound the datamodule sizes its shuffle buffers by
+    workers = max(int(cfg.data.num_workers), 1)
+    per_worker = shuffle_buffer_bytes(cfg.data, float(cfg.plan.raw_sample_mib))
+    assert data["host"]["shuffle buffers"] == int(cfg.trainer.devices) * workers * per_worker > 0
+
+
+def test_host_shuffle_buffers_are_the_data_configs_bound():
+    tasks = {t: {} for t in "abcdef"}
+    assert shuffle_buffer_bytes({"shuffle_buffer_mib": 1024, "shuffle_buffer": None, "tasks": tasks}, 1.0) == 2**30
+    capped = {"shuffle_buffer_mib": 1024, "shuffle_buffer": 8, "tasks": tasks}
+    assert shuffle_buffer_bytes(capped, 1.0) == 6 * 8 * 2**20  # 48 samples of 1 MiB: under the bound
+    assert shuffle_buffer_bytes({**capped, "select_tasks": ["a"]}, 1.0) == 8 * 2**20
+    paper = compose_config("train", ["experiment=paper/stage3_v2v"])
+    node = int(paper.trainer.devices) * int(paper.data.num_workers) * shuffle_buffer_bytes(paper.data, 1.0)
+    print(f"paper/stage3_v2v: shuffle buffers at most {node / 2**30:.0f} GiB per node")
+    assert node == 8 * 8 * 2**30
 
 
 def test_cli_writes_plan_json(tmp_path, monkeypatch):

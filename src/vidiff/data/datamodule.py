@@ -14,7 +14,15 @@ import webdataset as wds
 from lightning.fabric.utilities.seed import pl_worker_init_function
 
 from vidiff.data.mixing import TaskSchedule, TaskScheduledMix, TaskStream
-from vidiff.data.shards import ClipOptions, collate, decode_sample, resolve_urls, warn_and_count
+from vidiff.data.shards import (
+    ClipOptions,
+    collate,
+    decode_sample,
+    mean_sample_bytes,
+    resolve_urls,
+    shard_sizes,
+    warn_and_count,
+)
 from vidiff.errors import VIDiffError
 
 
@@ -31,6 +39,15 @@ def all_shards(urls: list[str]) -> list[str]:
 def every_nth(samples: Iterable[dict], rank: int, world_size: int) -> Iterator[dict]:
     """Sample ``i`` goes to rank ``i % world_size``: one validation shard still feeds every rank it can."""
     return itertools.islice(samples, rank, None, world_size)
+
+
+def human_bytes(n: float) -> str:
+    """``1536`` -> ``'1.5 KiB'``."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
 
 
 class _Decode:
@@ -54,9 +71,10 @@ class MultiTaskDataModule(L.LightningDataModule):
         seed: seeds the task schedule, and with (task, rank, worker, epoch) each stream's shard draws and shuffle.
         num_workers: DataLoader workers per rank (a resumed run replays the sample stream exactly when it uses
             the same number of workers and ranks).
-        shuffle_buffer: samples kept in each task's shuffle buffer.
-        stream_epoch_batches: batches per stream epoch (new shard draws and shuffle seed); resuming skips at most
-            this many raw batches per task and worker.
+        shuffle_buffer_mib: what the shuffle buffers of one loader worker (all its task streams together) may hold,
+            in MiB of raw samples as the shards store them: each task's stream gets an equal share, as many samples
+            as fit at the task's mean sample size. A node holds ranks x workers x this (logged at start-up).
+        shuffle_buffer: at most this many samples per task stream (None: as many as ``shuffle_buffer_mib`` allows).
         accumulate_grad_batches: keeps one task per optimizer step under gradient accumulation.
         select_tasks: train (and validate) only these tasks, e.g. the single-task ablations.
         defaults: ``ClipOptions`` fields applied to every task unless the task sets its own.
@@ -68,8 +86,8 @@ class MultiTaskDataModule(L.LightningDataModule):
         val: Mapping[str, Mapping[str, Any]] | None = None,
         seed: int = 0,
         num_workers: int = 2,
-        shuffle_buffer: int = 100,
-        stream_epoch_batches: int = 1000,
+        shuffle_buffer_mib: float = 256.0,
+        shuffle_buffer: int | None = None,
         accumulate_grad_batches: int = 1,
         pin_memory: bool = False,
         select_tasks: list[str] | None = None,
@@ -91,8 +109,15 @@ class MultiTaskDataModule(L.LightningDataModule):
         self.val_tasks = {
             name: self._task_config(name, cfg, defaults, train=False) for name, cfg in (val or {}).items()
         }
-        self.seed, self.num_workers, self.shuffle_buffer = seed, num_workers, shuffle_buffer
-        self.stream_epoch_batches = stream_epoch_batches
+        self.seed, self.num_workers = seed, num_workers
+        if float(shuffle_buffer_mib) <= 0 or (shuffle_buffer is not None and int(shuffle_buffer) < 1):
+            raise VIDiffError(
+                f"data.shuffle_buffer_mib={shuffle_buffer_mib} and data.shuffle_buffer={shuffle_buffer}: both must "
+                "be positive (shuffle_buffer may be null)"
+            )
+        self.shuffle_buffer_mib = float(shuffle_buffer_mib)
+        self.shuffle_buffer = None if shuffle_buffer is None else int(shuffle_buffer)
+        self._buffers: dict[str, dict[str, Any]] | None = None
         self.accumulate_grad_batches = accumulate_grad_batches
         self.pin_memory = pin_memory
         self.schedule = TaskSchedule({n: c["weight"] for n, c in self.tasks.items()}, seed, accumulate_grad_batches)
@@ -123,18 +148,51 @@ class MultiTaskDataModule(L.LightningDataModule):
         }
 
     # ------------------------------------------------------------------------------------------ pipelines
+    def buffers(self) -> dict[str, dict[str, Any]]:
+        """Per training task: its shards, their sizes, the mean raw sample size and the shuffle buffer's samples.
+
+        A worker keeps every task's buffer, so each gets ``shuffle_buffer_mib / tasks``; measured once, from the
+        shard files and prep's ``sizes.json`` (the first shards' tar headers when there is none)."""
+        if self._buffers is None:
+            share = self.shuffle_buffer_mib * 2**20 / len(self.tasks)
+            self._buffers = {}
+            for name, cfg in self.tasks.items():
+                urls = resolve_urls(cfg["urls"], cfg["split"])
+                sizes = shard_sizes(urls)
+                mean = mean_sample_bytes(urls, sizes)
+                samples = max(1, int(share // mean))
+                if self.shuffle_buffer is not None:
+                    samples = min(samples, self.shuffle_buffer)
+                self._buffers[name] = {"urls": urls, "sizes": sizes, "sample_bytes": mean, "samples": samples}
+        return self._buffers
+
+    def buffer_summary(self, ranks_per_node: int = 1) -> str:
+        """One line: the per-worker bound, the per-node total, and each task stream's buffer."""
+        workers = max(self.num_workers, 1)  # with no workers the main process holds the buffers
+        bound = self.shuffle_buffer_mib * 2**20
+        held = sum(b["samples"] * b["sample_bytes"] for b in self.buffers().values())
+        streams = ", ".join(
+            f"{name} {b['samples']} x {human_bytes(b['sample_bytes'])}" for name, b in self.buffers().items()
+        )
+        return (
+            f"shuffle buffers: at most {human_bytes(bound)} per loader worker (data.shuffle_buffer_mib), "
+            f"x {workers} worker(s) x {ranks_per_node} rank(s) = {human_bytes(ranks_per_node * workers * bound)} per "
+            f"node; expected {human_bytes(held)} per worker, {human_bytes(ranks_per_node * workers * held)} per node "
+            f"(samples x mean raw size per task stream: {streams})"
+        )
+
     def task_pipeline(self, name: str) -> TaskStream:
         """Every (rank, worker) draws shards independently and forever (no rank runs dry), seeded so that a
         resumed run reads the same samples; raw samples are batched here and decoded by ``TaskScheduledMix``,
         which knows the step."""
-        cfg = self.tasks[name]
+        buffer = self.buffers()[name]
         return TaskStream(
             name,
-            resolve_urls(cfg["urls"], cfg["split"]),
-            cfg["batch_size"],
-            self.shuffle_buffer,
+            buffer["urls"],
+            self.tasks[name]["batch_size"],
+            buffer["samples"],
             self.seed,
-            self.stream_epoch_batches,
+            buffer["sizes"],
             warn_and_count(self.decode_errors),
         )
 
@@ -182,6 +240,9 @@ class MultiTaskDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> wds.WebLoader:
+        trainer = getattr(self, "trainer", None)
+        if self._rank() == 0:
+            log.info(self.buffer_summary(trainer.num_devices if trainer is not None else 1))
         mix = self.train_dataset(self._start_step())
         return self._loader(mix, self.num_workers)
 
@@ -193,7 +254,13 @@ class MultiTaskDataModule(L.LightningDataModule):
         return list(self.val_tasks)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"seed": self.seed, "num_workers": self.num_workers, "world_size": self._world_size()}
+        shuffle = {name: b["samples"] for name, b in self.buffers().items()}
+        return {
+            "seed": self.seed,
+            "num_workers": self.num_workers,
+            "world_size": self._world_size(),
+            "shuffle_buffers": shuffle,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("seed") not in (None, self.seed):
@@ -201,6 +268,8 @@ class MultiTaskDataModule(L.LightningDataModule):
                 f"data.seed={self.seed} differs from the checkpoint's {state['seed']}: the task schedule would change"
             )
         layout = {"num_workers": self.num_workers, "world_size": self._world_size()}
+        if "shuffle_buffers" in state:
+            layout["shuffle_buffers"] = {name: b["samples"] for name, b in self.buffers().items()}
         changed = {k: (state[k], v) for k, v in layout.items() if k in state and state[k] != v}
         if changed:
             log.warning(

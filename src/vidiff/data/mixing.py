@@ -1,11 +1,12 @@
 """One task per training step, the same on every rank, from a sample stream that a resumed run replays exactly.
 
 Every (rank, worker) reads each task from its own infinite :class:`TaskStream`: shards drawn with replacement and a
-shuffle buffer, both seeded from ``(seed, task, rank, worker, epoch)``, batched inside the worker. The task of global micro-step ``s`` is a pure function of ``(seed, s)``: every rank trains the
-same task at the same step (equal work per step, and per-task ``sync_dist`` logging never deadlocks), and a
-resumed run continues the exact schedule. PyTorch hands out an iterable dataset's batches round-robin over
-workers, so worker ``w`` of ``W`` serves steps ``w, w + W, ...``. ``webdataset.RandomMix`` does not do this: it
-mixes tasks within a batch and draws from the process-global RNG.
+shuffle buffer, both seeded from ``(seed, task, rank, worker)``, batched inside the worker; a resumed stream finds
+its place from the shard sizes and reads only its buffer back. The task of global micro-step ``s`` is a pure
+function of ``(seed, s)``: every rank trains the same task at the same step (equal work per step, and per-task
+``sync_dist`` logging never deadlocks), and a resumed run continues the exact schedule. PyTorch hands out an
+iterable dataset's batches round-robin over workers, so worker ``w`` of ``W`` serves steps ``w, w + W, ...``.
+``webdataset.RandomMix`` does not do this: it mixes tasks within a batch and draws from the process-global RNG.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 import webdataset as wds
 
+from vidiff.data.shards import count_samples, tar_samples
 from vidiff.errors import VIDiffError
 
 
@@ -45,13 +47,18 @@ log = logging.getLogger(__name__)
 
 
 class TaskStream:
-    """The raw batches of one task for one (rank, worker), as a pure function of the seed.
+    """The raw batches of one task for one (rank, worker), as a pure function of the seed and the shard sizes.
 
-    An *epoch* here is ``epoch_batches`` batches: each epoch draws its shards (with replacement, like open_clip's
-    ``ResampledShards2(deterministic=True)``) and shuffles samples in a buffer from an RNG seeded with
-    ``(seed, task, rank, worker, epoch)``. ``iterate(start)`` resumes at batch ``start``: it opens epoch
-    ``start // epoch_batches`` and skips the batches before ``start`` in it (read, never decoded), so the cost of
-    resuming is bounded by one epoch whatever the run's length.
+    Shards are drawn with replacement (like open_clip's ``ResampledShards2(deterministic=True)``) and read one after
+    the other; a buffer of ``shuffle_buffer`` samples shuffles them: each sample read takes the place of a buffered
+    one drawn at random, which goes out. Both RNGs are seeded from ``(seed, task, rank, worker)``.
+
+    ``iterate(start)`` resumes at batch ``start`` without reading what came before. Which stream positions the
+    buffer holds after ``q`` samples went out depends on the shuffle RNG alone, so it is replayed on integers (no
+    I/O); the shard draws and the shards' sizes (``sizes``, e.g. from prep's ``sizes.json``; a shard without one is
+    counted from its tar headers) place each position in a shard. The ``shuffle_buffer`` buffered samples are then
+    read from their shards, every other member is skipped unread, and the stream goes on from the next position:
+    a resume reads one buffer and one batch, whatever the run's length.
     """
 
     def __init__(
@@ -61,34 +68,110 @@ class TaskStream:
         batch_size: int,
         shuffle_buffer: int,
         seed: int,
-        epoch_batches: int = 1000,
+        sizes: Mapping[str, int] | None = None,
         handler: Callable[[Exception], bool] | None = None,
     ):
         self.task, self.urls = task, list(urls)
         self.batch_size, self.shuffle_buffer = int(batch_size), max(1, int(shuffle_buffer))
-        self.seed, self.epoch_batches = int(seed), max(1, int(epoch_batches))
+        self.seed = int(seed)
+        self.sizes = dict(sizes or {})
         self.handler = handler or wds.reraise_exception
+        self._warned: set[str] = set()
 
-    def _rng(self, rank: int, worker: int, epoch: int, what: str) -> random.Random:
+    def _rng(self, rank: int, worker: int, what: str) -> random.Random:
         # str seeds go through SHA-512: the same stream in every process, unlike hash() of a str
-        return random.Random(f"vidiff/{what}/{self.seed}/{self.task}/{rank}/{worker}/{epoch}")
+        return random.Random(f"vidiff/{what}/{self.seed}/{self.task}/{rank}/{worker}")
 
-    def _epoch(self, rank: int, worker: int, epoch: int) -> Iterator[list[dict]]:
-        shard_rng = self._rng(rank, worker, epoch, "shards")
-        shards = ({"url": shard_rng.choice(self.urls)} for _ in itertools.count())
-        samples = wds.tarfile_to_samples(handler=self.handler)(shards)
-        shuffle = wds.shuffle(self.shuffle_buffer, self.shuffle_buffer, rng=self._rng(rank, worker, epoch, "shuffle"))
-        batches = wds.batched(self.batch_size, collation_fn=list, partial=False)(shuffle(samples))
-        return itertools.islice(batches, self.epoch_batches)
+    def _draws(self, rank: int, worker: int) -> Iterator[str]:
+        rng = self._rng(rank, worker, "shards")
+        while True:
+            yield self.urls[rng.randrange(len(self.urls))]
+
+    def _size(self, url: str) -> int:
+        if url not in self.sizes:
+            self.sizes[url] = count_samples(url)
+        return self.sizes[url]
+
+    def _read(self, draws: Iterator[str], url: str, start: int) -> Iterator[dict]:
+        """Samples from sample ``start`` of shard ``url`` on, then every sample of the next draws."""
+        empty = 0
+        while True:
+            read = 0
+            try:
+                for index, sample in tar_samples(url, start):
+                    read = index + 1
+                    yield sample
+            except VIDiffError:
+                raise
+            except Exception as exn:
+                if not self.handler(exn):
+                    raise
+            if url in self.sizes and read not in (0, self.sizes[url]) and url not in self._warned:
+                self._warned.add(url)
+                log.warning("%s: %d samples read, its size says %d: a resumed run will not replay this stream "
+                            "exactly (rewrite sizes.json)", url, read, self.sizes[url])  # fmt: skip
+            empty = 0 if read > start else empty + 1
+            if empty > 100 * len(self.urls):
+                raise VIDiffError(f"data task {self.task!r}: its shards hold no samples ({self.urls[0]}, ...)")
+            url, start = next(draws), 0
+
+    def _place(self, draws: Iterator[str], positions: Sequence[int]) -> dict[int, tuple[int, str, int]]:
+        """``{position: (draw, url, index in the shard)}`` for ascending ``positions`` of the stream; ``draws`` is
+        left just after the shard of the last one."""
+        placed, cum, targets = {}, 0, iter(positions)
+        target = next(targets)
+        for draw, url in enumerate(draws):
+            size = self._size(url)
+            while target is not None and target < cum + size:
+                placed[target] = (draw, url, target - cum)
+                target = next(targets, None)
+            cum += size
+            if target is None:
+                return placed
+            if draw > 100 * len(self.urls) and not cum:
+                raise VIDiffError(f"data task {self.task!r}: its shards hold no samples ({self.urls[0]}, ...)")
+        raise AssertionError("unreachable: draws never end")
+
+    def _resume(self, draws: Iterator[str], rng: random.Random, emitted: int) -> tuple[list[dict], Iterator[dict]]:
+        """The buffer after ``emitted`` samples went out, and the reader of the samples after it."""
+        size = self.shuffle_buffer
+        slots = list(range(size))  # the stream position each buffer slot holds
+        for i in range(emitted):
+            slots[rng.randrange(size)] = size + i
+        nxt = size + emitted
+        placed = self._place(draws, sorted(slots) + [nxt])
+        wanted: dict[int, tuple[str, dict[int, int]]] = {}  # draw -> (its shard, {index in it: stream position})
+        for position in slots:
+            draw, url, index = placed[position]
+            wanted.setdefault(draw, (url, {}))[1][index] = position
+        samples: dict[int, dict] = {}
+        for _, (url, indices) in sorted(wanted.items()):
+            for index, sample in tar_samples(url, wanted=set(indices)):
+                samples[indices[index]] = sample
+        missing = [p for p in slots if p not in samples]
+        if missing:
+            draw, url, index = placed[missing[0]]
+            raise VIDiffError(f"{url}: has no sample {index} (its size says {self._size(url)}); resuming needs the "
+                              "shards the run was trained on")  # fmt: skip
+        _, url, index = placed[nxt]
+        return [samples[p] for p in slots], self._read(draws, url, index)
 
     def iterate(self, rank: int = 0, worker: int = 0, start: int = 0) -> Iterator[list[dict]]:
-        epoch, skip = divmod(int(start), self.epoch_batches)
-        for e in itertools.count(epoch):
-            batches = self._epoch(rank, worker, e)
-            if skip:
-                batches = itertools.islice(batches, skip, None)
-                skip = 0
-            yield from batches
+        draws = self._draws(rank, worker)
+        rng = self._rng(rank, worker, "shuffle")
+        if start:
+            buffer, reader = self._resume(draws, rng, start * self.batch_size)
+        else:
+            reader = self._read(draws, next(draws), 0)
+            buffer = [next(reader) for _ in range(self.shuffle_buffer)]
+        batch = []
+        while True:
+            slot = rng.randrange(self.shuffle_buffer)
+            batch.append(buffer[slot])
+            buffer[slot] = next(reader)
+            if len(batch) == self.batch_size:
+                yield batch
+                batch = []
 
 
 def batches_before(schedule: TaskSchedule, task: str, start_step: int, worker: int, num_workers: int) -> int:

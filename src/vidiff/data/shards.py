@@ -15,7 +15,8 @@ import logging
 import os
 import random
 import re
-from collections.abc import Sequence
+import tarfile
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -66,6 +67,124 @@ def resolve_urls(urls: str | Sequence[str], split: str | None = None, source: st
     if not resolved:
         raise VIDiffError(f"no shards given ({urls!r})")
     return resolved
+
+
+def local_path(url: str) -> str | None:
+    """The file a shard URL names, or None for a ``pipe:``/remote URL (read as a stream)."""
+    if url.startswith("file:"):
+        return url[len("file:") :]
+    if re.match(r"^[a-z0-9+]+:", url) and not re.match(r"^[A-Za-z]:\\", url):
+        return None
+    return url
+
+
+def _sample_members(tar: tarfile.TarFile) -> Iterator[tuple[int, str, str, tarfile.TarInfo]]:
+    """``(sample index, key, suffix, member)`` of a shard's files, grouped as webdataset groups them: a sample is a
+    run of files whose names agree up to the first dot of the base name; ``__meta__`` files are not samples."""
+    from webdataset.tariterators import base_plus_ext
+
+    index, current = -1, None
+    for member in tar:
+        tar.members = []  # tarfile keeps every header it read otherwise
+        name = member.name
+        if not member.isreg() or re.match(r"__[^/]*__($|/)", name):
+            continue
+        key, suffix = base_plus_ext(name)
+        if key is None:
+            continue
+        if key != current:
+            index, current = index + 1, key
+        yield index, key, suffix.lower(), member
+
+
+def _open_tar(url: str):
+    path = local_path(url)
+    if path is not None:  # random access: members that are not wanted are seeked over, never read
+        handle = open(path, "rb")
+        return handle, tarfile.open(fileobj=handle, mode="r:*")
+    import webdataset as wds
+
+    handle = wds.gopen(url)
+    return handle, tarfile.open(fileobj=handle, mode="r|*")
+
+
+def tar_samples(url: str, start: int = 0, wanted: Collection[int] | None = None) -> Iterator[tuple[int, dict]]:
+    """``(index, raw sample)`` of one shard from sample ``start`` on (only the ``wanted`` indices when given), as
+    webdataset's ``tarfile_to_samples`` gives them (``__key__``, ``__url__``, one bytes entry per member suffix).
+
+    The members of the samples passed over are skipped unread: a local shard seeks over them, a stream reads past
+    them without keeping them. Reading stops after the last wanted sample.
+    """
+    stop = max(wanted) + 1 if wanted else None
+    if wanted is not None and not wanted:
+        return
+    handle, tar = _open_tar(url)
+    with handle, tar:
+        index, sample = -1, None
+        for index, key, suffix, member in _sample_members(tar):
+            if sample is not None and key != sample["__key__"]:
+                yield sample.pop("__index__"), sample
+                sample = None
+            if stop is not None and index >= stop:
+                return
+            if index < start or (wanted is not None and index not in wanted):
+                continue
+            if sample is None:
+                sample = {"__key__": key, "__url__": url, "__index__": index}
+            if suffix in sample:
+                raise ValueError(f"{url}: sample {key} has two {suffix!r} members")
+            sample[suffix] = tar.extractfile(member).read()
+        if sample is not None:
+            yield sample.pop("__index__"), sample
+
+
+def count_samples(url: str) -> int:
+    """How many samples a shard holds, from its tar headers alone (a local shard's member data is never read)."""
+    handle, tar = _open_tar(url)
+    with handle, tar:
+        return 1 + max((index for index, *_ in _sample_members(tar)), default=-1)
+
+
+def shard_sizes(urls: Sequence[str]) -> dict[str, int]:
+    """Samples per shard as ``vidiff-prep`` records them in the ``sizes.json`` beside local shards (the open_clip
+    convention); shards without an entry are left out (:class:`~vidiff.data.mixing.TaskStream` counts those)."""
+    folders: dict[str, dict[str, int]] = {}
+    sizes = {}
+    for url in urls:
+        path = local_path(url)
+        if path is None:
+            continue
+        folder = os.path.dirname(os.path.abspath(path))
+        if folder not in folders:
+            try:
+                with open(os.path.join(folder, "sizes.json")) as f:
+                    folders[folder] = {str(k): int(v) for k, v in json.load(f).items()}
+            except (OSError, ValueError, AttributeError):
+                folders[folder] = {}
+        count = folders[folder].get(os.path.basename(path))
+        if count is not None:
+            sizes[url] = count
+    return sizes
+
+
+def mean_sample_bytes(urls: Sequence[str], sizes: dict[str, int], probe: int = 4) -> float:
+    """The mean size of a raw sample as a shard holds it (file bytes over samples): from every local shard with a
+    known size, else from the headers of the first ``probe`` shards (a remote one is read through once)."""
+    known = [u for u in urls if u in sizes and sizes[u] > 0 and local_path(u) is not None]
+    if known:
+        return sum(os.path.getsize(local_path(u)) for u in known) / sum(sizes[u] for u in known)
+    total_bytes = total_samples = 0
+    for url in list(urls)[:probe]:
+        path = local_path(url)
+        if path is not None:
+            total_bytes, total_samples = total_bytes + os.path.getsize(path), total_samples + count_samples(url)
+            continue
+        for _, sample in tar_samples(url):
+            total_bytes += sum(len(v) for k, v in sample.items() if not k.startswith("__"))
+            total_samples += 1
+    if not total_samples:
+        raise VIDiffError(f"{urls[0]}: no samples in the first {min(probe, len(urls))} shard(s)")
+    return total_bytes / total_samples
 
 
 def decode_frames(data: bytes, start: int, count: int, stride: int = 1) -> np.ndarray:

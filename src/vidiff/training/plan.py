@@ -320,6 +320,17 @@ def _is_ddp(cfg: DictConfig) -> bool:
     return "ddp" in name.lower() or (world > 1 and name in ("", "auto", "None"))
 
 
+def shuffle_buffer_bytes(data: Mapping[str, Any], raw_sample_mib: float) -> int:
+    """What one loader worker's shuffle buffers hold at most: ``data.shuffle_buffer_mib`` (the bound the datamodule
+    sizes them by), or less when ``data.shuffle_buffer`` caps each task's stream at that many samples."""
+    bound = float(data.get("shuffle_buffer_mib", 0) or 0) * 2**20
+    cap = data.get("shuffle_buffer")
+    if cap:
+        tasks = len(data.get("select_tasks") or data.get("tasks") or {})
+        bound = min(bound, tasks * int(cap) * raw_sample_mib * 2**20)
+    return int(bound)
+
+
 def make_plan(
     cfg: DictConfig, traces: tuple[Trace, Trace] | None = None, module=None, flops: int | None = None
 ) -> Plan:
@@ -420,13 +431,12 @@ def make_plan(
     task_name, task = traced_task(cfg)
     frames = int(task.get("num_frames", cfg.data.get("num_frames", 16)))
     res = int(task.get("resolution", cfg.data.get("resolution", 256)))
-    n_tasks = len(cfg.data.tasks)
     workers = int(cfg.data.get("num_workers", 0) or 0)
     gpus_per_node = int(cfg.trainer.get("devices", 1) or 1)
     nodes = int(cfg.trainer.get("num_nodes", 1) or 1)
     clips = 2 if module.stage == "v2v" else 1
     batch_bytes = batch * (clips * 3 * frames * res * res + (3 * res * res * 4 if module.stage == "v2v" else 0))
-    shuffle = n_tasks * int(cfg.data.get("shuffle_buffer", 0) or 0) * int(float(pcfg.raw_sample_mib) * 2**20)
+    shuffle = shuffle_buffer_bytes(cfg.data, float(pcfg.raw_sample_mib))
     prefetch = int(pcfg.prefetch_factor) * batch_bytes
     per_rank = max(workers, 1) * (shuffle + prefetch) + (batch_bytes if cfg.data.get("pin_memory") else 0)
     host = {
@@ -456,7 +466,13 @@ def make_plan(
     notes = [
         "figures from fake tensors on the CPU (CPU autocast stands in for CUDA's); CUDA kernels may keep "
         "other temporaries (cuDNN/SDPA workspaces) and the allocator fragments: keep some headroom",
-        f"host RAM assumes {pcfg.raw_sample_mib} MiB per raw (encoded) sample in the shuffle buffers",
+        f"host RAM: each loader worker's shuffle buffers hold at most data.shuffle_buffer_mib "
+        f"({float(cfg.data.get('shuffle_buffer_mib', 0) or 0):g} MiB)"
+        + (
+            f", capped at data.shuffle_buffer samples of {pcfg.raw_sample_mib} MiB (plan.raw_sample_mib) per task"
+            if cfg.data.get("shuffle_buffer")
+            else ""
+        ),
         f"traced batches {sorted({t.batch for t in fit})}; other GPUs' largest batches are linear in the batch "
         "from the nearest two",
     ]
