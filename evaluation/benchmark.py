@@ -112,14 +112,36 @@ def iter_videos(
 
 @dataclass
 class SamplingOptions:
-    num_inference_steps: int = 20
-    text_guidance_scale: float = 7.5
-    video_guidance_scale: float = 1.5
+    """How models edit in a benchmark. ``None`` in the sampler fields: what the model records for the task
+    (:meth:`VIDiffPipeline.recommended`), else :attr:`FALLBACK`."""
+
+    num_inference_steps: int | None = 20
+    text_guidance_scale: float | None = 7.5
+    video_guidance_scale: float | None = 1.5
     strength: float = 1.0
-    scheduler: str = "ddim"
+    scheduler: str | None = "ddim"
     clip_length: int = 16
     overlap: int = 2
     seed: int = 0
+
+    FALLBACK = {
+        "num_inference_steps": 20,
+        "text_guidance_scale": 7.5,
+        "video_guidance_scale": 1.5,
+        "scheduler": "ddim",
+    }
+
+    def filled(self, recommended: Mapping) -> tuple[SamplingOptions, dict]:
+        """These options with every ``None`` sampler field taken from ``recommended`` (else the fallback), and
+        the values taken from ``recommended``."""
+        import dataclasses
+
+        values, taken = {}, {}
+        for key, fallback in self.FALLBACK.items():
+            if getattr(self, key) is None:
+                taken.update({key: recommended[key]} if key in recommended else {})
+                values[key] = recommended.get(key, fallback)
+        return dataclasses.replace(self, **values), taken
 
 
 @dataclass
@@ -228,13 +250,16 @@ def run_benchmark(
 ) -> dict[str, RowResult]:
     """Score the baselines and every model (``{label: VIDiffModel}``) on the same videos."""
     from vidiff.io import write_video
-    from vidiff.pipelines import VIDiffPipeline
+    from vidiff.pipelines import VIDiffPipeline, make_scheduler
 
     metric_options = dict(metric_options or {})
     num_frames = sum(len(v.source) for v in videos)
     rows: dict[str, RowResult] = {}
     scorer = RowScorer(metric_names, weights, device, metric_options)
-    reference_model = next(iter(models.values()), None)
+    pipes = {
+        label: m if isinstance(m, VIDiffPipeline) else VIDiffPipeline.from_model(m) for label, m in models.items()
+    }
+    reference_model = next(iter(pipes.values())).model if pipes else None
 
     def save(label: str, video: BenchmarkVideo, frames: np.ndarray) -> None:
         if save_dir is not None:
@@ -256,8 +281,11 @@ def run_benchmark(
             scorer.update(video, frames, task)
         rows[baseline] = scorer.result(len(videos), num_frames, None)
 
-    for label, model in models.items():
-        pipe = VIDiffPipeline.from_model(model, scheduler=sampling.scheduler)
+    for label, pipe in pipes.items():
+        own, taken = sampling.filled(pipe.recommended(task))
+        if taken:
+            print(f"vidiff-eval: {label}: the model's recommended settings for {task}: {taken}")
+        pipe.scheduler = make_scheduler(own.scheduler, pipe.scheduler.config)
         pipe.set_progress_bar_config(disable=True)
         scorer.reset()
         seconds = 0.0
@@ -265,7 +293,7 @@ def run_benchmark(
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
             start = time.perf_counter()
-            frames = translate(pipe, video, sampling)
+            frames = translate(pipe, video, own)
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
             seconds += time.perf_counter() - start
@@ -290,9 +318,11 @@ def guidance_grid(
 ) -> tuple[np.ndarray, list[list[np.ndarray]]]:
     """Figure 5: the metric and a middle frame of the first video for every ``(s_T, s_V)`` pair (with
     ``metric_name=None`` only the frames: videos without a ground truth, as in the web app)."""
-    from vidiff.pipelines import VIDiffPipeline
+    from vidiff.pipelines import VIDiffPipeline, make_scheduler
 
-    pipe = VIDiffPipeline.from_model(model, scheduler=sampling.scheduler)
+    pipe = model if isinstance(model, VIDiffPipeline) else VIDiffPipeline.from_model(model)
+    sampling, _ = sampling.filled(pipe.recommended(task))
+    pipe.scheduler = make_scheduler(sampling.scheduler, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     values = np.full((len(text_scales), len(video_scales)), math.nan)
     thumbs: list[list[np.ndarray]] = []

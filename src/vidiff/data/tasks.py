@@ -105,3 +105,17 @@ def is_segmentation_instruction(instruction: str | None) -> bool:
         if re.fullmatch(pattern, text):
             return True
     return False
+
+
+def task_of_instruction(instruction: str | None) -> str | None:
+    """The task whose instruction template ``instruction`` is (case and spacing aside), or ``None``: how a model's
+    per-task sampling settings are found for a free-text instruction."""
+    if not instruction:
+        return None
+    if is_segmentation_instruction(instruction):
+        return "rvos"
+    text = " ".join(instruction.lower().split())
+    for task, templates in TEMPLATES.items():
+        if task != "rvos" and any(text == " ".join(t.lower().split()) for t in templates):
+            return task
+    return None

@@ -61,6 +61,10 @@ def num_clips(num_frames: int, clip_length: int, overlap: int) -> int:
     return 1 + math.ceil((num_frames - clip_length) / (clip_length - overlap))
 
 
+class EditInterrupted(Exception):
+    """A step callback set ``pipe.interrupt``: the edit stopped after that step, and nothing was written."""
+
+
 @dataclass
 class EditSummary:
     """What :meth:`VIDiffPipeline.edit_video` did."""
@@ -126,6 +130,9 @@ def iter_edited_clips(
             else:
                 extra = {"anchor_latents": carried_latents, "anchor_fraction": anchor_fraction}
         result = pipe(condition, prompt, image=image, generator=generator, **extra, **sample_kwargs)
+        if getattr(pipe, "interrupt", False):
+            # the clip stopped part-way: a cancelled edit, not a result to write
+            raise EditInterrupted()
         output = result.frames
         if callback is not None:
             callback(clip_index, condition, output)
@@ -191,7 +198,7 @@ def edit_video(
     if masks_out is not None:
         color = mask_color or color_in_instruction(instruction)
         if color is None:
-            raise VIDiffError("--masks-out needs the overlay colour: name one in the instruction or pass --mask-color")
+            raise VIDiffError("masks_out needs the overlay colour: name one in the instruction or give mask_color")
         try:
             color_rgb(color)
         except ValueError as err:
@@ -227,7 +234,7 @@ def edit_video(
         if masks_out is not None:
             masks_out = Path(masks_out)
             if masks_out.exists() and not overwrite:
-                raise VIDiffError(f"{masks_out}: already exists (pass --overwrite to replace it)")
+                raise VIDiffError(f"{masks_out}: already exists (give overwrite=True to replace it)")
             masks_out.parent.mkdir(parents=True, exist_ok=True)
             masks_tmp = Path(tempfile.mkdtemp(prefix=f".{masks_out.name}.partial-", dir=masks_out.parent))
 
