@@ -59,7 +59,14 @@ def test_save_load_round_trip_gives_identical_frames(tiny_model, saved, clip):
     assert type(loaded.scheduler).__name__ == "EulerAncestralDiscreteScheduler"
     assert np.array_equal(_edit(loaded, clip), before)
     # the training schedule travels in the sampler's config
-    for key in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "prediction_type", "timestep_spacing"):
+    for key in (
+        "num_train_timesteps",
+        "beta_start",
+        "beta_end",
+        "beta_schedule",
+        "prediction_type",
+        "timestep_spacing",
+    ):
         assert loaded.model.noise_scheduler.config[key] == tiny_model.noise_scheduler.config[key], key
     assert loaded.model.unet is loaded.unet  # the training-side module is the same networks, not a copy
 
@@ -145,14 +152,20 @@ def test_tiled_vae_decode_of_a_512x768_frame(tiny_model, carphone_frames):
 def test_check_inputs_name_the_values(tiny_model, clip):
     pipe = VIDiffPipeline.from_model(tiny_model)
     cases = [
-        (dict(video=clip, instruction=None), "give an instruction, an image instruction, or both"),
-        (dict(video=[clip, clip], instruction=["a", "b", "c"]), "3 instructions for 2 clips"),
-        (dict(video=[clip, clip[:, :24]], instruction="a"), "same frames x height x width, got 3x32x40, 3x24x40"),
-        (dict(video=clip, instruction="a", num_inference_steps=0), "num_inference_steps must be a positive integer"),
-        (dict(video=clip, instruction="a", strength=1.5), r"strength must be in \(0, 1\], got 1.5"),
-        (dict(video=clip, instruction="a", output_type="gif"), "output_type must be 'np', 'pt' or 'latent'"),
-        (dict(video=clip[0], instruction="a"), r"video: a video must be \[f, h, w, 3\] uint8 frames"),
-        (dict(video=clip, instruction="a", text_guidance_scale=float("nan")), "text_guidance_scale must be a finite"),
+        ({"video": clip, "instruction": None}, "give an instruction, an image instruction, or both"),
+        ({"video": [clip, clip], "instruction": ["a", "b", "c"]}, "3 instructions for 2 clips"),
+        ({"video": [clip, clip[:, :24]], "instruction": "a"}, "same frames x height x width, got 3x32x40, 3x24x40"),
+        (
+            {"video": clip, "instruction": "a", "num_inference_steps": 0},
+            "num_inference_steps must be a positive integer",
+        ),
+        ({"video": clip, "instruction": "a", "strength": 1.5}, r"strength must be in \(0, 1\], got 1.5"),
+        ({"video": clip, "instruction": "a", "output_type": "gif"}, "output_type must be 'np', 'pt' or 'latent'"),
+        ({"video": clip[0], "instruction": "a"}, r"video: a video must be \[f, h, w, 3\] uint8 frames"),
+        (
+            {"video": clip, "instruction": "a", "text_guidance_scale": float("nan")},
+            "text_guidance_scale must be a finite",
+        ),
     ]
     for kwargs, message in cases:
         with pytest.raises(VIDiffError, match=message) as err:

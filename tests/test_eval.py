@@ -203,19 +203,28 @@ def test_eval_logs_a_wandb_table_offline(tiny_shards, tiny_checkpoint, tmp_path,
     assert logged and logged[0].stat().st_size > 0
 
 
-def test_eval_uses_what_the_model_records_unless_told(tiny_shards, tiny_model, tmp_path):
+def test_eval_uses_what_the_model_records_unless_told(tiny_shards, tiny_model, tmp_path, monkeypatch):
+    from vidiff.evaluation import benchmark
     from vidiff.pipelines import record_sampling
 
     tuned = save_model(tiny_model, tmp_path / "tuned" / "model")
-    record_sampling(tuned, {"tasks": {"dehaze": {"text_guidance_scale": 1.0, "video_guidance_scale": 1.0}}})
-    common = ["benchmark=table4_dehaze_hazeworld", "benchmark.metrics=[psnr]", "baselines=[]", "save_videos=false"]
-    rows = evaluate([*common, f"checkpoint={tuned}", "presets=[tiny]", *base_overrides(tiny_shards, tmp_path / "a")])
-    rows = rows["rows"]
-    # same weights: the row that used the recorded scales differs from the preset's 7.5 / 1.5 ...
-    assert rows["tuned"]["psnr"] != pytest.approx(rows["tiny (random weights)"]["psnr"], abs=1e-3)
-    # ... and equals the preset given those scales explicitly
-    explicit = evaluate([*common, "presets=[tiny]", "sampling.text_guidance_scale=1.0",
-                         "sampling.video_guidance_scale=1.0", *base_overrides(tiny_shards, tmp_path / "b")])  # fmt: skip
-    assert rows["tuned"]["psnr"] == pytest.approx(explicit["rows"]["tiny (random weights)"]["psnr"], abs=1e-4)
+    record_sampling(tuned, {"tasks": {"dehaze": {"text_guidance_scale": 1.0, "video_guidance_scale": 2.0}}})
+    used = []
+    translate = benchmark.translate
+
+    def spy(pipe, video, sampling):
+        used.append((sampling.num_inference_steps, sampling.text_guidance_scale, sampling.video_guidance_scale))
+        return translate(pipe, video, sampling)
+
+    monkeypatch.setattr(benchmark, "translate", spy)
+    common = ["benchmark=table4_dehaze_hazeworld", "benchmark.metrics=[psnr]", "baselines=[]", "max_videos=1"]
+    evaluate([*common, f"checkpoint={tuned}", "presets=[tiny]", *base_overrides(tiny_shards, tmp_path / "a")])
+    # the recorded scales for the tuned model; the fallback for the preset, which records none
+    assert used == [(1, 1.0, 2.0), (1, 7.5, 1.5)]
     notes = (tmp_path / "a" / "table.md").read_text()
-    assert "tuned: 1 ddim steps, s_T=1.0, s_V=1.0 (the model's recommendation)" in notes
+    assert "tuned: 1 ddim steps, s_T=1.0, s_V=2.0 (the model's recommendation)" in notes
+    # a value given on the command line wins
+    used.clear()
+    evaluate([*common, f"checkpoint={tuned}", "sampling.text_guidance_scale=3.0",
+              *base_overrides(tiny_shards, tmp_path / "b")])  # fmt: skip
+    assert used == [(1, 3.0, 2.0)]
