@@ -48,7 +48,7 @@ def test_lora_trains_exports_merged_and_loads(tmp_path):
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     module.eval()
-    merged(module.model).save_pretrained(tmp_path / "model")
+    module.export(tmp_path / "model")  # the stage's export merges the adapters
     loaded = VIDiffModel.from_pretrained(tmp_path / "model")
     assert not any(".lora_" in n for n, _ in loaded.named_parameters())
     out_trained, out_loaded = predict(module.model), predict(loaded)

@@ -112,20 +112,10 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     # a run stopped before max_steps (preemption) exports nothing: the next stage finds finished runs only
     finished = trainer.max_steps < 0 or trainer.global_step >= trainer.max_steps
     if cfg.get("export_model") and trainer.is_global_zero and not trainer.fast_dev_run and finished:
-        out = Path(cfg.paths.output_dir) / "model"
-        if getattr(module, "stage", None) == "v2v":
-            # what long-video editing needs to know: did this model learn to continue from reference frames?
-            trained = cfg.data.get("long_video_prob", 0) > 0
-            module.model.reference_frames = tuple(cfg.data.get("long_video_frames", ())) if trained else ()
-        if module.hparams.get("frozen_dtype"):
-            module.model.float()  # the exported model keeps the encoders' full precision
-        with module.ema_scope():
-            if module.hparams.get("lora"):
-                from vidiff.training.lora import merged
-
-                merged(module.model).save_pretrained(out)  # adapters merged: a plain VIDiff model directory
-            else:
-                module.model.save_pretrained(out)
+        # what long-video editing needs to know: did this model learn to continue from reference frames?
+        trained = cfg.data.get("long_video_prob", 0) > 0
+        reference_frames = tuple(cfg.data.get("long_video_frames", ())) if trained else ()
+        out = module.export(Path(cfg.paths.output_dir) / "model", reference_frames=reference_frames)
         print(f"vidiff-train: model exported to {out}")
     return metrics, {"trainer": trainer, "module": module, "datamodule": datamodule}
 
