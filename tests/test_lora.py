@@ -7,7 +7,7 @@ import torch
 
 from vidiff.config import compose_config, load_model_preset
 from vidiff.models import VIDiffModel
-from vidiff.pipelines import load_model, save_model
+from vidiff.pipelines import load_model
 from vidiff.training.lora import merged
 from vidiff.training.module import VIDiffModule
 from vidiff.training.plan import synthetic_batch
@@ -49,7 +49,7 @@ def test_lora_trains_exports_merged_and_loads(tmp_path):
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     module.eval()
-    save_model(merged(module.model), tmp_path / "model")
+    module.export(tmp_path / "model")  # the stage's export merges the adapters
     loaded = load_model(tmp_path / "model")
     assert not any(".lora_" in n for n, _ in loaded.named_parameters())
     out_trained, out_loaded = predict(module.model), predict(loaded)

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from vidiff.errors import VIDiffError
-from vidiff.pipelines import save_model
+from vidiff.pipelines import load_model, save_model
 
 from .test_train import _deterministic_data, compose_train, run_train, tiny_overrides
 
@@ -233,3 +233,96 @@ def test_the_signal_handler_chains_to_a_foreign_handler():
         callback.teardown(None, None, "fit")
     finally:
         signal.signal(signal.SIGUSR2, previous)
+
+
+# ---------------------------------------------------------------------------------------------- stages as data
+def weight_changes(before: dict[str, torch.Tensor], model_dir: Path) -> set[str]:
+    """The parameters of an exported model directory that differ from ``before``."""
+
+    after = load_model(model_dir).state_dict()
+    assert after.keys() == before.keys()
+    return {k for k in after if not torch.equal(before[k], after[k].to(before[k].dtype))}
+
+
+def test_the_builtin_stages_are_their_config_files():
+    """conf/stage/<name>.yaml spells out the fields a module built by name takes (one set of values, two doors)."""
+    from vidiff.training.stage import STAGES, Stage
+
+    for name, stage in STAGES.items():
+        node = compose_train([f"stage={name}", "paths.data_dir=/unused"]).stage
+        fields = {k: node[k] for k in ("trains", "source", "frames_per_sample", "export")}
+        assert node.stage == name and Stage.of(name, **fields) == stage
+
+
+def test_motion_only_stage_is_a_config_file_and_trains_only_motion_modules(tiny_shards, tmp_path):
+    """paper/stage3_insv2v (conf/stage/v2v_motion.yaml, no code of its own): two steps move motion-module weights
+    only (and the image projector's), and the exported directory loads as a VIDiff model."""
+    from vidiff.config import load_model_preset
+    from vidiff.models.unet import is_temporal_parameter
+
+    before = load_model_preset("tiny").state_dict()
+    # the paper recipe's frozen_dtype (bf16 encoders while training): the export still holds the encoders exactly
+    # as they were, not bf16-rounded copies (every changed name below must be a trained one)
+    overrides = ["trainer.max_steps=2", "stage.warmup_steps=0", "stage.lr=1e-3", "stage.ema_decay=null",
+                 "stage.gradient_checkpointing=false"]  # fmt: skip
+    cfg = compose_train(paper("stage3_insv2v", tmp_path, tiny_shards, *overrides))
+    assert cfg.stage.frozen_dtype == "bfloat16"
+    assert cfg.stage.stage == "v2v_motion" and list(cfg.stage.trains) == ["unet.motion", "image_projector"]
+    _, objects = run_train(cfg)
+    trained = {n for n, p in objects["module"].model.named_parameters() if p.requires_grad}
+    assert trained and all(is_temporal_parameter(n) or n.startswith("image_projector.") for n in trained)
+    changed = weight_changes(before, tmp_path / "outputs" / "stage3_insv2v" / "runs" / "r" / "model")
+    motion = {n for n in changed if n.startswith("unet.") and is_temporal_parameter(n)}
+    assert motion and changed - motion <= {n for n in changed if n.startswith("image_projector.")}
+
+
+def test_a_new_stage_is_defined_by_config_alone(tiny_shards, tmp_path, monkeypatch):
+    """An image-editing stage no file or code names (a source, one frame per sample, the spatial U-Net training),
+    composed from overrides: it trains what it says on what it says, and exports a loadable model."""
+    from vidiff.config import load_model_preset
+    from vidiff.models import VIDiffModel
+    from vidiff.models.unet import is_temporal_parameter
+
+    frames_seen = []
+    predict = VIDiffModel.predict_noise
+
+    def predict_noise(self, noisy, source, *args, **kwargs):
+        frames_seen.append((noisy.shape[2], bool(source.abs().sum() > 0)))
+        return predict(self, noisy, source, *args, **kwargs)
+
+    monkeypatch.setattr(VIDiffModel, "predict_noise", predict_noise)
+    before = load_model_preset("tiny").state_dict()
+    out = tmp_path / "run"
+    stage = ["stage.stage=i2i_edit", "stage.trains=[unet.spatial]", "stage.source=true", "stage.frames_per_sample=1",
+             "stage.export.ema=false", "stage.cond_dropout.source_only=0", "stage.cond_dropout.both=0"]  # fmt: skip
+    cfg = compose_train(
+        [*tiny_overrides(tiny_shards, out), *QUIET, *ONE_STEP, "trainer.max_steps=2", "stage.warmup_steps=0", *stage]
+    )
+    _, objects = run_train(cfg)
+    module = objects["module"]
+    assert (module.stage.name, module.stage.trains, module.stage.source) == ("i2i_edit", ("unet.spatial",), True)
+    assert frames_seen and all(f == 1 for f, _ in frames_seen) and any(has_source for _, has_source in frames_seen)
+    changed = weight_changes(before, out / "model")
+    assert changed and all(n.startswith("unet.") and not is_temporal_parameter(n) for n in changed)
+    # export.ema=false: the directory holds the last trained weights (the smoke experiment keeps an EMA)
+    assert module.ema is not None
+    exported = load_model(out / "model").state_dict()
+    trained = module.trainable_state_dict()
+    assert all(torch.equal(exported[k], trained[k]) for k in trained)
+
+
+def test_no_training_module_branches_on_a_stage_name():
+    """Stage behaviour is the stage's fields: nothing in vidiff.training compares ``stage`` with a string."""
+    import ast
+
+    import vidiff.training
+
+    found = []
+    for path in Path(vidiff.training.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Compare):
+                names = [n for n in [node.left, *node.comparators] if "stage" in ast.unparse(n).split(".")[-1]]
+                strings = [n for n in [node.left, *node.comparators] if isinstance(n, ast.Constant | ast.Tuple)]
+                if names and strings:
+                    found.append(f"{path.name}:{node.lineno}: {ast.unparse(node)}")
+    assert not found, found

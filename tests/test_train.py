@@ -68,7 +68,9 @@ def test_every_experiment_composes_and_instantiates(experiment, tiny_shards, tmp
     module = instantiate(cfg.stage, model=instantiate_model(cfg.model))
     trainer = instantiate(cfg.trainer, callbacks=instantiate_group(cfg.callbacks), logger=False)
     assert data.tasks and trainer.max_steps == cfg.trainer.max_steps
-    assert getattr(module, "stage", None) == cfg.stage.get("stage")
+    # the stage node's fields are the module's stage, read once
+    assert module.stage.name == cfg.stage.stage and list(module.stage.trains) == list(cfg.stage.trains)
+    assert module.stage.source == cfg.stage.source and module.stage.frames_per_sample == cfg.stage.frames_per_sample
 
 
 def test_slurm_launcher_and_ddp_trainer_compose(tmp_path):

@@ -23,7 +23,6 @@ from omegaconf import DictConfig, OmegaConf
 from vidiff.cli.common import one_line_errors
 from vidiff.config import conf_dir
 from vidiff.errors import VIDiffError
-from vidiff.pipelines import save_model
 
 
 class _DropLightningTips(logging.Filter):
@@ -113,22 +112,22 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     # a run stopped before max_steps (preemption) exports nothing: the next stage finds finished runs only
     finished = trainer.max_steps < 0 or trainer.global_step >= trainer.max_steps
     if cfg.get("export_model") and trainer.is_global_zero and not trainer.fast_dev_run and finished:
-        out = Path(cfg.paths.output_dir) / "model"
-        if getattr(module, "stage", None) == "v2v":
-            # what long-video editing needs to know: did this model learn to continue from reference frames?
-            trained = cfg.data.get("long_video_prob", 0) > 0
-            module.model.reference_frames = tuple(cfg.data.get("long_video_frames", ())) if trained else ()
-        if module.hparams.get("frozen_dtype"):
-            module.model.float()  # the exported model keeps the encoders' full precision
+        # what long-video editing needs to know: did this model learn to continue from reference frames?
+        trained = cfg.data.get("long_video_prob", 0) > 0
+        reference_frames = tuple(cfg.data.get("long_video_frames", ())) if trained else ()
         # the size it learned at: what vidiff-edit, the app and vidiff-eval work at unless told otherwise
-        sampling = {"size": int(cfg.data.resolution)} if cfg.get("data") and cfg.data.get("resolution") else None
-        with module.ema_scope():
-            if module.hparams.get("lora"):
-                from vidiff.training.lora import merged
+        sampling = {"size": int(cfg.data.resolution)} if cfg.data.get("resolution") else None
+        full_precision = None
+        if cfg.stage.get("frozen_dtype"):
+            # the frozen encoders were cast for training; the export takes them from where they came from
+            from vidiff.training.engine import load_init_weights
 
-                save_model(merged(module.model), out, sampling)  # adapters merged: a plain VIDiff model directory
-            else:
-                save_model(module.model, out, sampling)
+            full_precision = instantiate_model(cfg.model)
+            if cfg.stage.init_from:
+                load_init_weights(full_precision, cfg.stage.init_from)
+        out = module.export(
+            Path(cfg.paths.output_dir) / "model", reference_frames, sampling=sampling, full_precision=full_precision
+        )
         print(f"vidiff-train: model exported to {out}")
     return metrics, {"trainer": trainer, "module": module, "datamodule": datamodule}
 

@@ -284,8 +284,8 @@ class VIDiffPipeline(DiffusionPipeline):
         if index.get("_class_name") == "VIDiffModel":
             pipe = cls.from_model(_load_legacy(path, index, torch_dtype))
         else:
-            for name, value in index.items():
-                if isinstance(value, list) and len(value) == 2 and value[0] is not None and not (path / name).is_dir():
+            for name in _COMPONENTS:
+                if (index.get(name) or [None])[0] is not None and not (path / name).is_dir():
                     raise ModelLoadError(f"{path / name}: missing component folder")
             try:
                 with _quiet_loading():

@@ -1,9 +1,14 @@
-"""``VIDiffModule``: one LightningModule, configured per training stage (``conf/stage/{t2i,t2v,v2v}.yaml``).
+"""``VIDiffModule``: the diffusion stages (``conf/stage/{t2i,t2v,v2v,v2v_motion}.yaml``) on the shared engine
+(:class:`~vidiff.training.engine.StageModule`).
 
-- ``t2i``: the image U-Net's spatial layers on image-text data (single-frame clips);
+A stage is data (:class:`~vidiff.training.stage.Stage`): the parameter groups that train, whether a source clip
+conditions the U-Net, how many frames of each clip a step sees, what the export carries. The built-in ones:
+
+- ``t2i``: the image U-Net's spatial layers on image-text data (each clip's first frame);
 - ``t2v``: only the temporal (motion) layers on video-text data, every image parameter frozen;
 - ``v2v``: the whole 8-channel U-Net and the image-instruction projector on multi-task triplets, with the
-  InstructPix2Pix conditioning dropout (text alone / both / source alone) so dual guidance has all its terms.
+  InstructPix2Pix conditioning dropout (text alone / both / source alone) so dual guidance has all its terms;
+- ``v2v_motion`` (InsV2V's recipe): as ``v2v``, with only the U-Net's motion modules (and the projector) training.
 
 What the network regresses (epsilon, velocity or clean latents, following the noise scheduler's
 ``prediction_type``), how timesteps are weighted and how conditions are dropped are components a stage config
@@ -14,36 +19,29 @@ optimizer step.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
-from diffusers.training_utils import EMAModel
 from einops import rearrange
 from torchmetrics import MeanMetric
 
 from vidiff.data.shards import to_model_range
-from vidiff.errors import ModelLoadError, VIDiffError
+from vidiff.errors import VIDiffError
 from vidiff.evaluation.metrics.pixel import video_psnr
 from vidiff.models import VIDiffModel
 from vidiff.models.autoencoder import autoencoder_fingerprint, sample_latents
-from vidiff.models.unet import checkpoint_motion_modules, is_temporal_parameter
-from vidiff.pipelines import load_model
-from vidiff.training.checkpoint_io import AtomicCheckpointIO, drop_frozen, restore_frozen
+from vidiff.models.unet import checkpoint_motion_modules
+from vidiff.training.engine import StageModule, cast_frozen
 from vidiff.training.objective import (
     ConditionDropout,
     DiffusionObjective,
     objective_of,
     step_generator,
 )
-from vidiff.training.optim import LR_SCHEDULES, adamw_with_warmup
+from vidiff.training.optim import LR_SCHEDULES
+from vidiff.training.stage import FROM_NAME, Stage
 from vidiff.utils.frames import tensor_to_frames
-
-
-STAGES = ("t2i", "t2v", "v2v")
 
 
 def batch_size(batch: dict[str, Any]) -> int:
@@ -51,80 +49,29 @@ def batch_size(batch: dict[str, Any]) -> int:
     return len(batch["target"] if "target" in batch else batch["target_latents"])
 
 
-def trainable_filter(stage: str):
-    """Which ``VIDiffModel`` parameters a stage trains (by name)."""
-    if stage == "t2i":
-        return lambda name: name.startswith("unet.") and not is_temporal_parameter(name)
-    if stage == "t2v":
-        return lambda name: name.startswith("unet.") and is_temporal_parameter(name)
-    if stage == "v2v":
-        return lambda name: name.startswith(("unet.", "image_projector."))
-    raise ValueError(f"unknown stage {stage!r} (choose from {', '.join(STAGES)})")
-
-
-def load_init_weights(model: VIDiffModel, path: str | Path) -> None:
-    """Start from a previous stage: a VIDiff model directory or a Lightning checkpoint (``weights_only``)."""
-    path = Path(path)
-    if path.is_dir():
-        source = load_model(path)
-        state, scaling_factor = source.state_dict(), source.vae.config.scaling_factor
-    elif path.is_file():
-        # a file that is not a checkpoint (or needs unpickling) is one line, as for ckpt_path
-        checkpoint = AtomicCheckpointIO().load_checkpoint(path)
-        if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-            raise ModelLoadError(f"{path}: not a Lightning checkpoint (no state_dict)")
-        state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
-        scaling_factor = checkpoint.get("vae_scaling_factor")
-        if "frozen_from" in checkpoint:
-            # a checkpoint holds what its run trained: the rest comes from that run's own start
-            if checkpoint["frozen_from"].get("init_from"):
-                load_init_weights(model, checkpoint["frozen_from"]["init_from"])
-            current = model.state_dict()
-            state = {**{k: v for k, v in current.items() if k not in state}, **state}
-    else:
-        raise ModelLoadError(f"{path}: stage.init_from does not exist")
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected or [m for m in missing if not m.startswith("image_")]:
-        raise ModelLoadError(
-            f"{path}: weights do not fit this model ({len(missing)} missing, {len(unexpected)} unexpected, e.g. "
-            f"{(list(missing) + list(unexpected))[0]}); was it trained with another model preset?"
-        )
-    if scaling_factor is not None:
-        # a config value, not a weight: the autoencoder stage's calibration would otherwise be lost here
-        model.vae.register_to_config(scaling_factor=float(scaling_factor))
-
-
-def cast_frozen(model: VIDiffModel, dtype: torch.dtype) -> None:
-    """The frozen VAE and CLIP encoders in ``dtype`` (diffusers' notice about modules kept in fp32 is muted: the
-    autoencoder has none)."""
-    from diffusers.utils import logging as diffusers_logging
-
-    logger = diffusers_logging.get_logger("diffusers.models.modeling_utils")
-    level = logger.level
-    logger.setLevel(diffusers_logging.ERROR)
-    try:
-        for net in (model.vae, model.text_encoder, model.image_encoder):
-            if net is not None and net.dtype != dtype:
-                net.to(dtype)
-    finally:
-        logger.setLevel(level)
-
-
-class VIDiffModule(L.LightningModule):
-    """Train a :class:`VIDiffModel` for one stage.
+class VIDiffModule(StageModule):
+    """Train a :class:`VIDiffModel` for one diffusion stage.
 
     Args:
         model: the networks (built from ``conf/model``).
-        stage: ``t2i``, ``t2v`` or ``v2v``.
+        stage: the stage's name: ``t2i``, ``t2v`` or ``v2v`` take the built-in stage's fields below; another name
+            (``v2v_motion``) gives ``trains`` and ``source`` itself (:class:`~vidiff.training.stage.Stage`).
+        trains: the parameter groups that train (``unet``, ``unet.spatial``, ``unet.motion``, ``image_projector``,
+            ...; :data:`~vidiff.training.stage.PARAMETER_GROUPS`).
+        source: whether the source clip conditions the U-Net (its latents fill the extra input channels, zeros
+            otherwise; without a source only ``cond_dropout.text_only`` applies and validation scores losses).
+        frames_per_sample: frames of each clip, from the first, that a step trains on (1: an image stage; ``null``:
+            all the data loads).
+        export: what the exported model carries: ``{ema, reference_frames}`` (:class:`~vidiff.training.stage.Export`).
         init_from: previous stage's model directory or checkpoint (``null``: the model as built).
         lr, weight_decay, betas: AdamW settings; ``warmup_steps`` of linear LR warm-up, then ``lr_schedule``:
             ``constant`` (the paper) or ``cosine`` (decays to 0 at the trainer's last step).
         objective: a :class:`~vidiff.training.objective.DiffusionObjective` (or its arguments): target, timestep
             weighting, offset noise.
         cond_dropout: a :class:`~vidiff.training.objective.ConditionDropout` (or ``{text_only, both,
-            source_only}``); without a source (t2i/t2v) only ``text_only`` applies.
+            source_only}``); without a source only ``text_only`` applies.
         ema_decay: EMA of the trainable weights (``null`` disables it), updated after each optimizer step; the
-            exported model uses the EMA weights.
+            exported model uses the EMA weights (``export.ema``).
         gradient_checkpointing: recompute U-Net activations in the backward pass (less memory, ~30 % slower),
             the motion modules of the down and up blocks included (diffusers' own checkpointing skips them).
         ema_device: ``cpu`` keeps the EMA in host memory (updated from a host copy of the weights each step);
@@ -146,6 +93,10 @@ class VIDiffModule(L.LightningModule):
         self,
         model: VIDiffModel,
         stage: str = "v2v",
+        trains: Sequence[str] = FROM_NAME,
+        source: bool = FROM_NAME,
+        frames_per_sample: int | None = FROM_NAME,
+        export: Mapping[str, bool] = FROM_NAME,
         init_from: str | None = None,
         lr: float = 1e-4,
         weight_decay: float = 1e-2,
@@ -161,16 +112,15 @@ class VIDiffModule(L.LightningModule):
         optimizer: str | Mapping[str, Any] = "adamw",
         frozen_dtype: str | None = None,
         lora: Mapping[str, Any] | None = None,
-        unet_parts: str = "all",
         val_inference_steps: int = 10,
         val_text_guidance: float = 7.5,
         val_video_guidance: float = 1.5,
         seed: int = 0,
     ):
         super().__init__()
-        if stage not in STAGES:
-            raise ValueError(f"unknown stage {stage!r} (choose from {', '.join(STAGES)})")
+        spec = Stage.of(stage, trains=trains, source=source, frames_per_sample=frames_per_sample, export=export)
         # plain Python values only: checkpoints must load with torch.load(weights_only=True)
+        trains, source, frames_per_sample, export = spec.plain_fields()
         betas = [float(b) for b in betas]
         optimizer = optimizer if isinstance(optimizer, str) else dict(optimizer)["name"]
         if lr_schedule not in LR_SCHEDULES:
@@ -186,80 +136,13 @@ class VIDiffModule(L.LightningModule):
             "logit_std": self.objective.logit_std,
         }
         self.hparams["cond_dropout"] = self.cond_dropout.as_dict()
-        self.model = model
-        self.stage = stage
-        if init_from:
-            load_init_weights(model, init_from)
-        keep = trainable_filter(stage)
-        if unet_parts != "all":
-            # which of the stage's U-Net parameters train: InsV2V's recipe trains only the motion modules of an
-            # InstructPix2Pix + AnimateDiff model (parameters outside the U-Net, the image projector, still train)
-            if unet_parts not in ("motion", "spatial"):
-                raise ValueError(f"unknown unet_parts {unet_parts!r} (choose from all, motion, spatial)")
-            stage_filter, temporal = keep, unet_parts == "motion"
-
-            def keep(name: str) -> bool:
-                in_part = not name.startswith("unet.") or is_temporal_parameter(name) == temporal
-                return stage_filter(name) and in_part
-
-        if lora:
-            from vidiff.training.lora import add_lora, is_lora_parameter
-
-            add_lora(model, lora)
-            # the adapters train, the U-Net they adapt is frozen (v2v: the image projector still trains)
-            stage_keep = keep
-
-            def keep(name: str) -> bool:
-                return is_lora_parameter(name) or (stage_keep(name) and not name.startswith("unet."))
-
-        for name, param in model.named_parameters():
-            param.requires_grad_(keep(name))
+        self.val_psnr = torch.nn.ModuleDict()
+        self.setup_stage(model, spec, init_from, lora, ema_decay, ema_device, ema_foreach)
         if gradient_checkpointing:
             model.unet.enable_gradient_checkpointing()
             checkpoint_motion_modules(model.unet)
         if frozen_dtype:
             cast_frozen(model, getattr(torch, frozen_dtype))
-        self.ema = None
-        if ema_decay:
-            self.ema = EMAModel(self.trainable_parameters(), decay=ema_decay, foreach=bool(ema_foreach))
-            if ema_device == "cpu":
-                self.ema.to("cpu")
-        self.val_psnr = torch.nn.ModuleDict()
-        self.train(False)  # frozen networks in eval mode from the start (see train())
-
-    # ------------------------------------------------------------------------------------------ parameters
-    def trainable_parameters(self) -> list[torch.nn.Parameter]:
-        return [p for p in self.model.parameters() if p.requires_grad]
-
-    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        return {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
-
-    def configure_optimizers(self):
-        hp = self.hparams
-        schedule = hp.get("lr_schedule", "constant")
-        # the cosine decay ends at the trainer's last optimizer step (max_steps, or epochs x batches)
-        total = self.trainer.estimated_stepping_batches if schedule == "cosine" else None
-        return adamw_with_warmup(
-            self.trainable_parameters(),
-            hp.lr,
-            hp.weight_decay,
-            hp.betas,
-            hp.warmup_steps,
-            schedule,
-            total,
-            optimizer=hp.get("optimizer", "adamw"),
-        )
-
-    def train(self, mode: bool = True) -> VIDiffModule:
-        """Only the networks this stage trains follow ``mode``; the frozen VAE and CLIP encoders stay in eval
-        mode whoever calls ``train()`` (Lightning after validation, callbacks after logging)."""
-        super().train(mode)
-        self.model.eval()
-        if mode:
-            self.model.unet.train()
-            if self.model.image_projector is not None and self.stage == "v2v":
-                self.model.image_projector.train()
-        return self
 
     # ------------------------------------------------------------------------------------------ training
     def _instruction_and_source(
@@ -301,8 +184,7 @@ class VIDiffModule(L.LightningModule):
         return int(self.trainer.fit_loop.total_batch_idx)
 
     def batch_generator(self, batch: dict[str, Any]) -> torch.Generator:
-        rank = self.global_rank if self._trainer is not None else 0
-        return step_generator(self.hparams.seed, self.micro_step(batch), rank, self.device)
+        return step_generator(self.hparams.seed, self.micro_step(batch), self.rank(), self.device)
 
     def autoencoder_fingerprint(self) -> str:
         """The frozen autoencoder's fingerprint (computed once: no diffusion stage changes the VAE)."""
@@ -312,8 +194,11 @@ class VIDiffModule(L.LightningModule):
 
     def batch_latents(self, batch: dict[str, Any], generator: torch.Generator):
         """Scaled (target, source) latents of a batch: encoded here from pixels, or read from a latent shard's
-        posterior (``vidiff-prep latents``), which must come from this model's autoencoder."""
+        posterior (``vidiff-prep latents``), which must come from this model's autoencoder. The source only in a
+        stage that uses one; the first ``stage.frames_per_sample`` frames of each clip (all when ``None``)."""
         source_latents = None
+        frames = slice(None, self.stage.frames_per_sample)
+        use_source = self.stage.source
         scale = self.model.vae.config.scaling_factor
         if "target_latents" in batch:
             expected = self.autoencoder_fingerprint()
@@ -324,21 +209,18 @@ class VIDiffModule(L.LightningModule):
                     f"{', '.join(sorted(written_by))}, this model's is {expected}: re-run `vidiff-prep latents` "
                     "with this model, or train from the pixel shards"
                 )
-            mean = batch["target_latents"].to(self.device)
-            std = batch["target_latents_std"].to(self.device)
-            if self.stage == "t2i":
-                mean, std = mean[:, :, :1], std[:, :, :1]
+            mean = batch["target_latents"][:, :, frames].to(self.device)
+            std = batch["target_latents_std"][:, :, frames].to(self.device)
             latents = sample_latents(mean, std, scale, generator).to(self.model.dtype)
-            if self.stage == "v2v" and "source_latents" in batch:
-                source_latents = (batch["source_latents"].to(self.device) * scale).to(self.model.dtype)
+            if use_source and "source_latents" in batch:
+                source = batch["source_latents"][:, :, frames].to(self.device)
+                source_latents = (source * scale).to(self.model.dtype)
             return latents, source_latents
-        target = to_model_range(batch["target"].to(self.device))
-        if self.stage == "t2i":
-            target = target[:, :, :1]  # image stage: one frame per sample
+        target = to_model_range(batch["target"][:, :, frames].to(self.device))
         with torch.no_grad():
             latents = self.model.encode_video(target, sample=True, generator=generator).to(self.model.dtype)
-            if self.stage == "v2v" and "source" in batch:
-                source = to_model_range(batch["source"].to(self.device))
+            if use_source and "source" in batch:
+                source = to_model_range(batch["source"][:, :, frames].to(self.device))
                 source_latents = self.model.encode_video(source).to(self.model.dtype)
         return latents, source_latents
 
@@ -352,7 +234,9 @@ class VIDiffModule(L.LightningModule):
         instruction, source_latents, used_projector = self._instruction_and_source(
             batch, source_latents, latents.shape, generator
         )
-        projector = self.model.image_projector if self.stage == "v2v" else None
+        projector = self.model.image_projector
+        if projector is not None and not any(p.requires_grad for p in projector.parameters()):
+            projector = None  # a frozen projector needs no gradient
         prediction = self.model.predict_noise(noisy, source_latents, timesteps, instruction)
         loss = objective.loss(prediction, objective.target(scheduler, latents, noise, timesteps), scheduler, timesteps)
         if projector is not None and not used_projector:
@@ -370,59 +254,13 @@ class VIDiffModule(L.LightningModule):
         self.log(f"train/{task}/loss", loss, batch_size=bs, sync_dist=True)
         return loss
 
-    def optimizer_step(self, *args, **kwargs) -> None:
-        super().optimizer_step(*args, **kwargs)
-        # after the weights moved (once per accumulation window), before callbacks such as checkpointing run
-        if self.ema is not None:
-            self.ema.step(self._ema_inputs())
-
-    def _ema_inputs(self) -> list[torch.Tensor]:
-        """What the EMA averages: the trainable weights, or host copies of them when the EMA lives on the host."""
-        params = self.trainable_parameters()
-        if self.hparams.get("ema_device") != "cpu":
-            return params
-        # EMAModel averages only tensors that require grad (it copies the others)
-        return [p.detach().to("cpu").requires_grad_() for p in params]
-
-    def on_train_epoch_start(self) -> None:
-        # Lightning keeps each submodule's mode as it finds it; the model is built in eval mode
-        self.train(True)
-
-    def ema_device(self) -> torch.device:
-        return torch.device("cpu") if self.hparams.get("ema_device") == "cpu" else self.device
-
-    def on_fit_start(self) -> None:
-        if self.ema is not None:
-            self.ema.to(self.ema_device())
-
-    # ------------------------------------------------------------------------------------------ EMA
-    @contextlib.contextmanager
-    def ema_scope(self):
-        """The model carries the EMA weights inside the ``with`` block, its own weights outside."""
-        if self.ema is None:
-            yield
-            return
-        self.ema.store(self.trainable_parameters())
-        self.ema.copy_to(self.trainable_parameters())
-        try:
-            yield
-        finally:
-            self.ema.restore(self.trainable_parameters())
-
+    # ------------------------------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         from vidiff.training.runs import identity_of_model
 
-        checkpoint["vae_scaling_factor"] = float(self.model.vae.config.scaling_factor)
+        # what defines the model beside its weights, so a next stage started from this checkpoint takes it
         checkpoint["identity"] = identity_of_model(self.model)
-        drop_frozen(self, checkpoint)
-        if self.ema is not None:
-            checkpoint["ema"] = self.ema.state_dict()
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        restore_frozen(self, checkpoint)
-        if self.ema is not None and "ema" in checkpoint:
-            self.ema.load_state_dict(checkpoint["ema"])
-            self.ema.to(self.ema_device())
+        super().on_save_checkpoint(checkpoint)
 
     # ------------------------------------------------------------------------------------------ validation
     def setup(self, stage: str) -> None:
@@ -458,7 +296,7 @@ class VIDiffModule(L.LightningModule):
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         task = batch["task"]
-        if "source" not in batch or self.stage != "v2v":
+        if "source" not in batch or not self.stage.source:
             # a fixed draw per validation batch, so validation losses are comparable between evaluations
             loss = self.shared_step({**batch, "step": -1 - batch_idx})
             self.log(f"val/{task}/loss", loss, batch_size=batch_size(batch), add_dataloader_idx=False)

@@ -58,7 +58,7 @@ def build_fake_module(cfg: DictConfig, fake_mode):
     from diffusers import DDPMScheduler
 
     from vidiff.config import instantiate_model
-    from vidiff.training.module import cast_frozen
+    from vidiff.training.engine import cast_frozen
 
     with torch.device("meta"):
         model = instantiate_model(plan_model_config(cfg.model))
@@ -95,15 +95,14 @@ def synthetic_batch(cfg: DictConfig, module, size: int, fake_mode=None) -> dict[
     name, task = traced_task(cfg)
     frames = int(task.get("num_frames", cfg.data.get("num_frames", 16)))
     res = int(task.get("resolution", cfg.data.get("resolution", 256)))
-    if module.stage == "t2i":
-        frames = 1
+    frames = min(frames, module.stage.frames_per_sample or frames)
     with fake_mode or contextlib.nullcontext():
         batch = {"target": torch.zeros(size, 3, frames, res, res, dtype=torch.uint8)}
-        if module.stage == "v2v":
+        if module.stage.source:
             batch["source"] = torch.zeros(size, 3, frames, res, res, dtype=torch.uint8)
             batch["image"] = torch.zeros(size, 3, res, res)
     batch.update({"task": name, "step": 0, "instruction": ["a planned instruction"] * size})
-    if module.stage == "v2v":
+    if module.stage.source:
         with_image = float(task.get("image_prob", 0.0)) > 0 and module.model.image_projector is not None
         batch["has_image"] = torch.full((size,), with_image, dtype=torch.bool)
     return batch
@@ -434,8 +433,8 @@ def make_plan(
     workers = int(cfg.data.get("num_workers", 0) or 0)
     gpus_per_node = int(cfg.trainer.get("devices", 1) or 1)
     nodes = int(cfg.trainer.get("num_nodes", 1) or 1)
-    clips = 2 if module.stage == "v2v" else 1
-    batch_bytes = batch * (clips * 3 * frames * res * res + (3 * res * res * 4 if module.stage == "v2v" else 0))
+    clips = 2 if module.stage.source else 1
+    batch_bytes = batch * (clips * 3 * frames * res * res + (3 * res * res * 4 if module.stage.source else 0))
     shuffle = shuffle_buffer_bytes(cfg.data, float(pcfg.raw_sample_mib))
     prefetch = int(pcfg.prefetch_factor) * batch_bytes
     per_rank = max(workers, 1) * (shuffle + prefetch) + (batch_bytes if cfg.data.get("pin_memory") else 0)

@@ -9,7 +9,7 @@ started again in its output folder resumes from its newest complete checkpoint.
   schedule and its spacing, the prediction type, ``source_residual``, the conditioning convention) is read from
   ``init_from``'s model; a model config key left ``null`` takes it, a key set to another value is refused unless
   ``convert_identity`` says the run converts on purpose (then the conversion is printed). The VAE's scaling factor
-  is a calibration, not a config choice: it always comes with the weights (:func:`~vidiff.training.module.load_init_weights`).
+  is a calibration, not a config choice: it always comes with the weights (:func:`~vidiff.training.engine.load_init_weights`).
 - **Resume.** ``ckpt_path: auto`` resumes the output folder's checkpoint with the highest step that reads back
   (``last.ckpt``, the step checkpoints, Lightning's ``hpc_ckpt_*.ckpt``); an unreadable one is skipped with a
   one-line notice.

@@ -6,16 +6,19 @@ model a working latent space (the demo runs it first). Loss: MSE + ``l1_weight``
 frames of both the source and the target clips (the U-Net sees the latents of both). At the end, the VAE's
 ``scaling_factor`` is set to 1 / std of the latents seen in training, as Stable Diffusion chose its 0.18215, so
 the diffusion stages get unit-variance latents.
+
+It runs on the engine the diffusion stages share (:class:`~vidiff.training.engine.StageModule`: optimizer, frozen
+networks in eval mode, checkpoints without them, :meth:`~vidiff.training.engine.StageModule.export`); its stage
+(``conf/stage/vae.yaml``) trains the ``vae`` parameter group on frames of the targets and, with ``source: true``, the
+sources.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -23,17 +26,20 @@ from einops import rearrange
 from vidiff.data.shards import to_model_range
 from vidiff.errors import VIDiffError
 from vidiff.models import VIDiffModel
-from vidiff.training.checkpoint_io import drop_frozen, restore_frozen
-from vidiff.training.module import load_init_weights
+from vidiff.training.engine import StageModule
 from vidiff.training.objective import step_generator
-from vidiff.training.optim import LR_SCHEDULES, adamw_with_warmup
+from vidiff.training.optim import LR_SCHEDULES
+from vidiff.training.stage import FROM_NAME, Stage
 
 
-class VAEModule(L.LightningModule):
+class VAEModule(StageModule):
     """Train ``model.vae`` alone; every other network stays as it is.
 
     Args:
-        model: the networks; only ``model.vae`` trains.
+        model: the networks; only ``model.vae`` trains (the ``vae`` stage's ``trains``).
+        stage, trains, source, frames_per_sample, export: the stage (:class:`~vidiff.training.stage.Stage`); ``vae``
+            takes the built-in autoencoder stage's: the ``vae`` group trains, on frames of the targets and the
+            sources (``source``), every frame of each clip (``frames_per_sample: null``).
         init_from: a model directory or checkpoint to start from.
         lr, weight_decay, betas, warmup_steps: AdamW with linear warm-up.
         lr_schedule: after the warm-up, ``constant`` or ``cosine`` (decays to 0 at the last step).
@@ -48,6 +54,11 @@ class VAEModule(L.LightningModule):
     def __init__(
         self,
         model: VIDiffModel,
+        stage: str = "vae",
+        trains: Sequence[str] = FROM_NAME,
+        source: bool = FROM_NAME,
+        frames_per_sample: int | None = FROM_NAME,
+        export: Mapping[str, bool] = FROM_NAME,
         init_from: str | None = None,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
@@ -62,6 +73,9 @@ class VAEModule(L.LightningModule):
         seed: int = 0,
     ):
         super().__init__()
+        spec = Stage.of(stage, trains=trains, source=source, frames_per_sample=frames_per_sample, export=export)
+        # plain Python values only: checkpoints must load with torch.load(weights_only=True)
+        trains, source, frames_per_sample, export = spec.plain_fields()
         betas = [float(b) for b in betas]
         if saturation_range is not None:
             saturation_range = [float(v) for v in saturation_range]
@@ -70,42 +84,21 @@ class VAEModule(L.LightningModule):
         if lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"unknown lr_schedule {lr_schedule!r} (choose from {', '.join(LR_SCHEDULES)})")
         self.save_hyperparameters(ignore=["model"], logger=False)
-        self.model = model
-        if init_from:
-            load_init_weights(model, init_from)
-        for name, param in model.named_parameters():
-            param.requires_grad_(name.startswith("vae."))
+        self.setup_stage(model, spec, init_from)
         # running second moment of the (unscaled) latents; a buffer, so it is checkpointed and resumed
         self.register_buffer("latent_var", torch.tensor(-1.0))
 
-    def configure_optimizers(self):
-        hp = self.hparams
-        params = [p for p in self.model.vae.parameters() if p.requires_grad]
-        schedule = hp.get("lr_schedule", "constant")
-        # the cosine decay ends at the trainer's last optimizer step (max_steps, or epochs x batches)
-        total = self.trainer.estimated_stepping_batches if schedule == "cosine" else None
-        return adamw_with_warmup(params, hp.lr, hp.weight_decay, hp.betas, hp.warmup_steps, schedule, total)
-
-    def train(self, mode: bool = True) -> VAEModule:
-        """Only the VAE follows ``mode``; every other network stays in eval mode."""
-        super().train(mode)
-        self.model.eval()
-        self.model.vae.train(mode)
-        return self
-
-    def on_train_epoch_start(self) -> None:
-        # Lightning keeps each submodule's mode as it finds it; the model is built in eval mode
-        self.train(True)
-
     def frames_of(self, batch: dict[str, Any]) -> torch.Tensor:
-        """``[n, 3, h, w]`` in [-1, 1]: frames of the targets and sources, evenly spaced, at most ``frames_per_step``."""
+        """``[n, 3, h, w]`` in [-1, 1]: frames of the targets and (``stage.source``) the sources, evenly spaced, at
+        most ``frames_per_step`` (of the first ``stage.frames_per_sample`` frames of each clip)."""
         if "target" not in batch:
             raise VIDiffError(
                 f"the autoencoder stage trains on pixels, but task {batch.get('task')!r} reads latent shards "
                 "(vidiff-prep latents): point it at the pixel shards"
             )
-        videos = [batch["target"]] + ([batch["source"]] if "source" in batch else [])
-        frames = torch.cat([rearrange(v, "b c f h w -> (b f) c h w") for v in videos])
+        videos = [batch["target"]] + ([batch["source"]] if self.stage.source and "source" in batch else [])
+        clip = slice(None, self.stage.frames_per_sample)
+        frames = torch.cat([rearrange(v[:, :, clip], "b c f h w -> (b f) c h w") for v in videos])
         n = min(len(frames), int(self.hparams.frames_per_step))
         index = torch.linspace(0, len(frames) - 1, n).round().long()
         return to_model_range(frames[index].to(self.device))
@@ -114,9 +107,8 @@ class VAEModule(L.LightningModule):
         """``frames`` ``[n, 3, h, w]`` in [-1, 1], each with its chroma scaled by its own factor from
         ``saturation_range`` (luma kept: BT.601 weights), seeded by the micro-step like every other draw."""
         low, high = self.hparams.saturation_range
-        rank = self.global_rank if self._trainer is not None else 0
         # its own stream: the posterior sample of the same micro-step keeps the seed it has without this option
-        generator = step_generator(self.hparams.seed + 1, micro_step, rank, "cpu")
+        generator = step_generator(self.hparams.seed + 1, micro_step, self.rank(), "cpu")
         factor = low + (high - low) * torch.rand(len(frames), generator=generator)
         # by hand: torchvision's adjust_saturation takes one factor per call and clamps to [0, 1], not [-1, 1]
         luma_weights = frames.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
@@ -133,8 +125,7 @@ class VAEModule(L.LightningModule):
         if micro_step is None:
             latents = posterior.mode()
         else:
-            rank = self.global_rank if self._trainer is not None else 0
-            latents = posterior.sample(step_generator(self.hparams.seed, micro_step, rank, self.device))
+            latents = posterior.sample(step_generator(self.hparams.seed, micro_step, self.rank(), self.device))
         recon = vae.decode(latents).sample
         loss = F.mse_loss(recon, frames) + self.hparams.l1_weight * F.l1_loss(recon, frames)
         loss = loss + self.hparams.kl_weight * posterior.kl().mean()
@@ -169,21 +160,12 @@ class VAEModule(L.LightningModule):
         """1 / std of the latents seen so far (``None`` before the first step)."""
         return 1.0 / math.sqrt(float(self.latent_var)) if self.latent_var > 0 else None
 
+    def vae_scaling_factor(self) -> float:
+        """What the exported model will carry: the calibration of the latents seen so far, once there are some."""
+        scale = self.latent_scaling_factor()
+        return scale if scale is not None else super().vae_scaling_factor()
+
     def on_train_end(self) -> None:
         scale = self.latent_scaling_factor()
         if scale is not None:
             self.model.vae.register_to_config(scaling_factor=scale)
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # what the exported model will carry, so a next stage started from this checkpoint encodes the same way
-        scale = self.latent_scaling_factor()
-        checkpoint["vae_scaling_factor"] = scale if scale is not None else float(self.model.vae.config.scaling_factor)
-        drop_frozen(self, checkpoint)
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        restore_frozen(self, checkpoint)
-
-    @contextlib.contextmanager
-    def ema_scope(self):
-        """No EMA here; the export step asks for the scope of every stage module."""
-        yield
