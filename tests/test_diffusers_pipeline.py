@@ -210,3 +210,38 @@ def test_cpu_offload_gives_the_frames_of_the_gpu(saved, clip, offload):
     assert np.abs(offloaded.astype(int) - on_gpu).max() <= 1
     if offload == "model":
         assert pipe.unet.device.type == "cpu"  # handed back after the call
+
+
+def test_validation_samples_its_batch_in_one_call(tiny_model, carphone_frames, monkeypatch):
+    """Training's validation edits a batch of clips in one pipeline call, with what each clip gives alone."""
+    from einops import rearrange
+
+    from vidiff.training.module import VIDiffModule
+
+    module = VIDiffModule(tiny_model, stage="v2v", val_inference_steps=2)
+    clips = torch.from_numpy(np.stack([carphone_frames[:3, :32, :40], carphone_frames[4:7, :32, :40]]))
+    image = torch.rand(3, 32, 32)
+    batch = {"source": rearrange(clips, "b f h w c -> b c f h w"), "instruction": [INSTRUCTION, "Remove the haze."],
+             "image": torch.stack([image, image]), "has_image": torch.tensor([False, True])}  # fmt: skip
+    calls = []
+    call = VIDiffPipeline.__call__
+    monkeypatch.setattr(VIDiffPipeline, "__call__", lambda self, *a, **k: calls.append(1) or call(self, *a, **k))
+    batched = module.translate(batch, seed=5)
+    assert len(calls) == 1 and batched.shape == (2, 3, 3, 32, 40)
+    pipe = VIDiffPipeline.from_model(tiny_model)
+    pipe.set_progress_bar_config(disable=True)
+    for i, picture in enumerate([None, image]):
+        alone = pipe(clips[i].numpy(), batch["instruction"][i], image=picture, num_inference_steps=2,
+                     generator=torch.Generator().manual_seed(5 + i), output_type="pt").frames  # fmt: skip
+        assert (rearrange(alone, "f c h w -> c f h w") - batched[i]).abs().max() < 1e-4, i
+
+
+def test_reference_frames_and_settings_survive_a_round_trip(tiny_model, tmp_path):
+    from vidiff.pipelines import load_model, save_model
+
+    tiny_model.reference_frames = (1, 2)  # a two-entry list in model_index.json, not a [library, class] pair
+    try:
+        loaded = load_model(save_model(tiny_model, tmp_path / "model"))
+    finally:
+        tiny_model.reference_frames = None
+    assert loaded.reference_frames == (1, 2) and loaded.conditioning == "scaled" and not loaded.source_residual
