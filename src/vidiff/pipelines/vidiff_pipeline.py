@@ -310,7 +310,7 @@ class VIDiffPipeline(DiffusionPipeline):
 
     def enable_vae_tiling(self, tile_size: int | None = None) -> None:
         """Encode and decode each frame in overlapping tiles of ``tile_size`` pixels (default: the VAE's
-        ``sample_size``), blended at the seams: memory no longer grows with the frame size, so 1080p fits."""
+        ``sample_size``), blended at the seams: the VAE's activation memory no longer grows with the frame size."""
         if tile_size is not None:
             self.vae.tile_sample_min_size = int(tile_size)
             self.vae.tile_latent_min_size = int(tile_size) // self.size_multiple
