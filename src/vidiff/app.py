@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from vidiff.data.tasks import TEMPLATES
-from vidiff.errors import VIDiffError, user_error
+from vidiff.errors import VIDiffError, user_error, with_flags
 
 
 # the task presets fill in the paper's instruction phrasing; the segmentation one names an object to replace
@@ -42,6 +42,10 @@ EXAMPLE_CLIPS = ("bikes.mp4", "carphone_pristine.mp4", "bigbuckbunny.mp4")
 # the task each preset's sampler settings are recorded under (VIDiffPipeline.recommended)
 PRESET_TASKS = {"recolor": "recolor", "inpaint": "inpaint", "dehaze": "dehaze", "deblur": "deblur",
                 "segment": "rvos", "style edit": "edit"}  # fmt: skip
+# library argument names -> the page's control labels
+PAGE_WORDS = {"num_inference_steps": "Steps", "text_guidance_scale": "Text scale s_T",
+              "video_guidance_scale": "Video scale s_V", "clip_length": "Clip length",
+              "overlap": "Frames carried between clips", "size must": "Working size must"}  # fmt: skip
 # the page's sampler values when the model records none; request field -> the model's sampling key
 SAMPLER_FIELDS = {"steps": "num_inference_steps", "scheduler": "scheduler", "text_scale": "text_guidance_scale",
                   "video_scale": "video_guidance_scale", "size": "size"}  # fmt: skip
@@ -171,16 +175,13 @@ class EditService:
     def check(request: EditRequest) -> None:
         if not (request.instruction or "").strip() and not request.image:
             raise VIDiffError("write an instruction (or give an image instruction)")
-        if request.size < 8 or request.size % 8:
-            raise VIDiffError(f"working size {request.size}: must be a positive multiple of 8")
-        if not 0 <= request.overlap < request.clip_length:
-            raise VIDiffError(
-                f"reference frames {request.overlap}: must be >= 0 and fewer than the clip length {request.clip_length}"
-            )
-        if request.long_video not in ("auto", "reference", "latent", "none"):
-            raise VIDiffError(f"long-video mode {request.long_video!r}: choose auto, reference, latent or none")
-        if request.steps < 1:
-            raise VIDiffError("steps: at least 1")
+        from vidiff.pipelines.checks import check_long_video, check_sampling
+
+        try:  # the library's checks, in the page's words
+            check_long_video(request.clip_length, request.overlap, request.long_video, request.size)
+            check_sampling(request.steps, request.text_scale, request.video_scale)
+        except VIDiffError as err:
+            raise VIDiffError(with_flags(str(err), PAGE_WORDS)) from None
         if request.max_frames is not None and request.max_frames < 1:
             raise VIDiffError("max frames: at least 1 (or empty for the whole video)")
 

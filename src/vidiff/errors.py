@@ -126,3 +126,11 @@ def writing(path: str | os.PathLike, need_bytes: int | None = None) -> Iterator[
         if problem is None:
             raise
         raise problem from err
+
+
+def with_flags(message: str, flags: dict[str, str]) -> str:
+    """A library message that names arguments (``num_inference_steps``) with the command line's flags instead
+    (``--steps``): the library speaks in values, each command translates into its own words."""
+    for name, flag in flags.items():
+        message = re.sub(rf"(?<![\w-]){re.escape(name)}(?![\w-])", flag, message)
+    return message

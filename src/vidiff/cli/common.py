@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import re
 import sys
 from collections.abc import Callable, Iterator
 
-from vidiff.errors import user_error
+from vidiff.errors import user_error, with_flags  # noqa: F401 - the commands' translation of library words
 
 
 def _report(prog: str, err: Exception) -> bool:
@@ -18,14 +17,6 @@ def _report(prog: str, err: Exception) -> bool:
         return False
     print(f"{prog}: error: {problem}", file=sys.stderr)
     return True
-
-
-def with_flags(message: str, flags: dict[str, str]) -> str:
-    """A library message that names arguments (``num_inference_steps``) with the command line's flags instead
-    (``--steps``): the library speaks in values, each command translates into its own words."""
-    for name, flag in flags.items():
-        message = re.sub(rf"(?<![\w-]){re.escape(name)}(?![\w-])", flag, message)
-    return message
 
 
 def run_cli(prog: str) -> Callable:

@@ -107,20 +107,22 @@ def _validate(args: argparse.Namespace) -> tuple[Path, Path]:
         raise VIDiffError("give --instruction TEXT, --image PATH, or both")
     if args.checkpoint is None and args.model is None:
         raise VIDiffError("give --checkpoint DIR (a trained model) or --model tiny (random weights, for testing)")
-    if args.size is not None and (args.size < 8 or args.size % 8):
-        raise VIDiffError(f"--size {args.size}: must be a positive multiple of 8")
     if args.frames is not None and args.frames < 1:
         raise VIDiffError(f"--frames {args.frames}: must be at least 1")
-    if args.clip_length < 1:
-        raise VIDiffError(f"--clip-length {args.clip_length}: must be at least 1")
-    if not 0 <= args.overlap < args.clip_length:
-        raise VIDiffError(f"--overlap {args.overlap}: must be >= 0 and smaller than --clip-length {args.clip_length}")
-    if not 0 <= args.anchor_fraction <= 1:
-        raise VIDiffError(f"--anchor-fraction {args.anchor_fraction}: must be in [0, 1]")
-    if args.steps is not None and args.steps < 1:
-        raise VIDiffError(f"--steps {args.steps}: must be at least 1")
-    if not 0 < args.strength <= 1:
-        raise VIDiffError(f"--strength {args.strength}: must be in (0, 1]")
+    # the library's checks (light imports), before any model is loaded; unset values are the model's, checked later
+    from vidiff.pipelines.checks import check_long_video, check_sampling
+
+    try:
+        check_long_video(args.clip_length, args.overlap, args.long_video, args.size)
+        check_sampling(
+            20 if args.steps is None else args.steps,
+            7.5 if args.text_scale is None else args.text_scale,
+            1.5 if args.video_scale is None else args.video_scale,
+            args.strength,
+            args.anchor_fraction,
+        )
+    except VIDiffError as err:
+        raise VIDiffError(with_flags(str(err), FLAGS)) from None
     source, output = Path(args.input), Path(args.output)
     if output.suffix.lower() != ".mp4":
         raise VIDiffError(f"{output}: output must be an .mp4 file")
@@ -151,7 +153,8 @@ def _check_image(path: Path) -> None:
 FLAGS = {
     "num_inference_steps": "--steps", "text_guidance_scale": "--text-scale", "video_guidance_scale": "--video-scale",
     "strength": "--strength", "anchor_fraction": "--anchor-fraction", "masks_out": "--masks-out",
-    "mask_color": "--mask-color", "overwrite=True": "--overwrite", "image instruction": "--image",
+    "mask_color": "--mask-color", "overwrite=True": "--overwrite", "clip_length": "--clip-length",
+    "overlap": "--overlap", "size must": "--size must", "long-video mode": "--long-video",
 }  # fmt: skip
 # what vidiff-edit uses when neither the user nor the model says
 FALLBACK = {"size": 256, "num_inference_steps": 20, "text_guidance_scale": 7.5, "video_guidance_scale": 1.5}

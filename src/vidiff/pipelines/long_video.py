@@ -35,18 +35,15 @@ from tqdm.auto import tqdm
 
 from vidiff.errors import VIDiffError
 from vidiff.overlay import color_in_instruction, color_rgb, overlay_to_mask
+from vidiff.pipelines.checks import check_long_video
 from vidiff.prompts import continuation_instruction
 from vidiff.utils.files import publish
 from vidiff.utils.frames import resize_frames, working_size
 
 
-CARRY_MODES = ("auto", "reference", "latent", "none")
-
-
 def resolve_carry(carry: str, model) -> str:
     """The long-video scheme ``carry`` names; ``auto`` reads what the model records about its training."""
-    if carry not in CARRY_MODES:
-        raise VIDiffError(f"long-video mode {carry!r}: choose from {', '.join(CARRY_MODES)}")
+    check_long_video(carry=carry)
     if carry != "auto":
         return carry
     return "latent" if getattr(model, "reference_frames", None) == () else "reference"
@@ -102,10 +99,7 @@ def iter_edited_clips(
     """
     import torch
 
-    if clip_length < 1:
-        raise ValueError("clip_length must be >= 1")
-    if not 0 <= overlap < clip_length:
-        raise ValueError(f"overlap must be in [0, clip_length), got {overlap}")
+    check_long_video(clip_length, overlap, carry, size)
     carry = resolve_carry(carry, getattr(pipe, "model", None))
     if carry == "none":
         overlap = 0

@@ -43,6 +43,7 @@ from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjec
 from vidiff.errors import ModelLoadError, VIDiffError, writing
 from vidiff.models.projector import ImageInstructionProjector
 from vidiff.models.vidiff_model import CONDITIONINGS, VIDiffModel
+from vidiff.pipelines.checks import check_sampling
 from vidiff.utils.files import publish
 from vidiff.utils.frames import image_to_tensor, pad_to_multiple, tensor_to_frames, video_to_tensor
 
@@ -362,18 +363,7 @@ class VIDiffPipeline(DiffusionPipeline):
                 raise VIDiffError(f"an instruction must be text, got {type(text).__name__}")
         if any(picture is not None for picture in images) and self.image_projector is None:
             raise VIDiffError("an image instruction was given but this model has no image-instruction branch")
-        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-            raise VIDiffError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
-        for name, scale in (
-            ("text_guidance_scale", text_guidance_scale),
-            ("video_guidance_scale", video_guidance_scale),
-        ):
-            if not isinstance(scale, int | float) or not np.isfinite(scale):
-                raise VIDiffError(f"{name} must be a finite number, got {scale!r}")
-        if not 0.0 < strength <= 1.0:
-            raise VIDiffError(f"strength must be in (0, 1], got {strength}")
-        if not 0.0 <= anchor_fraction <= 1.0:
-            raise VIDiffError(f"anchor_fraction must be in [0, 1], got {anchor_fraction}")
+        check_sampling(num_inference_steps, text_guidance_scale, video_guidance_scale, strength, anchor_fraction)
         if output_type not in ("np", "pt", "latent"):
             raise VIDiffError(f"output_type must be 'np', 'pt' or 'latent', got {output_type!r}")
         unknown = [name for name in callback_on_step_end_tensor_inputs if name not in self._callback_tensor_inputs]
