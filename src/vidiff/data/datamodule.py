@@ -48,7 +48,9 @@ class MultiTaskDataModule(L.LightningDataModule):
 
     Args:
         tasks: ``{task: {urls, weight, batch_size, split, <ClipOptions fields>}}``; ``urls`` is a brace pattern,
-            glob, ``pipe:`` URL, list, or a folder (its ``*-<split>-NNNNNN.tar`` shards).
+            glob, ``pipe:`` URL, list, or a folder (its ``*-<split>-NNNNNN.tar`` shards). ``latents`` chooses per task
+            between cached latents (``true``: shards written by ``vidiff-prep latents``) and pixels encoded on the
+            fly (``false``), so one run can mix both (``null``: whatever each sample holds).
         val: ``{task: {urls, batch_size, split, ...}}`` held-out shards, read once; sample ``i`` goes to rank
             ``i % world_size``, so a rank may get fewer batches (or none) and validation still completes.
         seed: seeds the task schedule, and with (task, rank, worker, epoch) each stream's shard draws and shuffle.
