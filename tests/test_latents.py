@@ -295,13 +295,13 @@ def test_one_run_mixes_tasks_from_cached_latents_with_tasks_encoded_on_the_fly(
     tasks += [f"data.tasks.recolor.urls={latent_shards / 'recolor'}", "+data.tasks.recolor.latents=false"]
     tasks += ["+data.tasks.inpaint.latents=false", "+data.tasks.edit.latents=false"]
     overrides = tiny_overrides(
-        tiny_shards, tmp_path, f"stage.init_from={folder}", "trainer.max_steps=10", "trainer.limit_val_batches=0",
+        tiny_shards, tmp_path, f"stage.init_from={folder}", "trainer.max_steps=4", "trainer.limit_val_batches=0",
         "callbacks.video_logger=null", "callbacks.lr_monitor=null", "~logger", "+callbacks.kinds._target_=tests.helpers.batch_kinds.BatchKinds",
         *tasks,
     )  # fmt: skip
     _, objects = run_train(compose_train(overrides))
     (probe,) = [c for c in objects["trainer"].callbacks if type(c).__name__ == "BatchKinds"]
-    assert len(probe.records) == 10
+    assert len(probe.records) == 4
     kinds = {(r["task"], r["latents"]) for r in probe.records}
     print("steps (task, from latents):", [(r["task"], r["latents"]) for r in probe.records])
     assert kinds <= {("dehaze", True), ("deblur", True), ("recolor", False), ("inpaint", False), ("edit", False)}

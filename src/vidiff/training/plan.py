@@ -319,9 +319,10 @@ class Plan:
             f"  VAE encoding                 cached latents: {', '.join(e['cached_tasks']) or 'none'} ({share}); "
             f"on the fly: {', '.join(e['on_the_fly_tasks']) or 'none'}",
             f"                               encoding is {e['encode_share']:.0%} of an on-the-fly step ({per_sample})",
-            f"  mean step over the schedule  {self.mean_flops_per_step / 1e12:,.1f} TFLOP: "
-            f"{e['step_seconds']:.2f} s, against {e['step_seconds_all_on_the_fly']:.2f} s with every task on the fly "
-            f"(-{e['saving']:.0%}) and {e['step_seconds_all_cached']:.2f} s with every task cached",
+            f"  mean step over the schedule  {self.mean_flops_per_step / 1e12:,.1f} TFLOP per GPU: {e['step_seconds']:.2f} s "
+            f"(-{e['saving']:.0%} against {e['step_seconds_all_on_the_fly']:.2f} s",
+            f"                               with every task on the fly; {e['step_seconds_all_cached']:.2f} s with every "
+            "task cached)",
         ]
 
     def table(self) -> str:
