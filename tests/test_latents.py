@@ -279,6 +279,12 @@ def test_the_latents_option_chooses_per_task_between_cached_latents_and_pixels(t
     with pytest.raises(VIDiffError, match="dehaze.*latents: true.*vidiff-prep latents") as err:
         decode_sample(pixel_raw, "dehaze", _latent_options(latents=True), random.Random(0))
     assert "\n" not in str(err.value)
+    # latents not written yet: the error says how to write them
+    from vidiff.data import MultiTaskDataModule
+
+    missing = MultiTaskDataModule({"dehaze": {"urls": str(latent_shards / "nowhere"), "latents": True}})
+    with pytest.raises(VIDiffError, match=r"nowhere: no such shard \(data task 'dehaze' reads cached latents"):
+        missing.task_pipeline("dehaze")
 
 
 def test_one_run_mixes_tasks_from_cached_latents_with_tasks_encoded_on_the_fly(

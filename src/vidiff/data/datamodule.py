@@ -130,9 +130,18 @@ class MultiTaskDataModule(L.LightningDataModule):
         resumed run reads the same samples; raw samples are batched here and decoded by ``TaskScheduledMix``,
         which knows the step."""
         cfg = self.tasks[name]
+        try:
+            urls = resolve_urls(cfg["urls"], cfg["split"])
+        except VIDiffError as err:
+            if not cfg["options"].latents:
+                raise
+            raise VIDiffError(
+                f"{err} (data task {name!r} reads cached latents: write them with `vidiff-prep latents --tasks {name} "
+                "--out <paths.latents_dir>`, or set its latents: false and urls to the pixel shards)"
+            ) from None
         return TaskStream(
             name,
-            resolve_urls(cfg["urls"], cfg["split"]),
+            urls,
             cfg["batch_size"],
             self.shuffle_buffer,
             self.seed,
