@@ -79,24 +79,21 @@ def count_flops(fn) -> float:
     return float(counter.get_total_flops())
 
 
-def eager_flops(model, fn) -> float:
-    """FLOPs of ``fn`` with the U-Net run eagerly: compiled graphs hide their ops from the counter."""
-    compiled = model.unet
-    model.unet = getattr(compiled, "_orig_mod", compiled)
-    try:
+def eager_flops(fn) -> float:
+    """FLOPs of ``fn`` with every compiled function run eagerly: compiled graphs hide their ops from the counter."""
+    with torch.compiler.set_stance("force_eager"):
         return count_flops(fn)
-    finally:
-        model.unet = compiled
 
 
-def build_model(name: str, device: torch.device, dtype: torch.dtype, channels_last: bool):
+def build_model(name: str, device: torch.device, dtype: torch.dtype, channels_last: bool, compile: bool):
     from vidiff.config import load_model_preset
+    from vidiff.utils.speed import apply_speed
 
     overrides = SD15_RANDOM if name == "sd15" else []
     model = load_model_preset(name, overrides).to(device=device, dtype=dtype)
-    if channels_last:
-        model.unet.to(memory_format=torch.channels_last)
-        model.vae.to(memory_format=torch.channels_last)
+    # what vidiff-train speed.* and vidiff-edit --compile --channels-last apply; static shapes: the edit and the
+    # training step each get kernels for their own shapes
+    apply_speed(model, compile, channels_last, "max-autotune-no-cudagraphs", dynamic=False, device=device, prog=None)
     return model
 
 
@@ -128,9 +125,7 @@ def main() -> None:
 
     from vidiff.pipelines import VIDiffPipeline
 
-    model = build_model(args.model, device, dtype, args.channels_last)
-    if args.compile:
-        model.unet = torch.compile(model.unet, mode="max-autotune-no-cudagraphs", dynamic=False)
+    model = build_model(args.model, device, dtype, args.channels_last, args.compile)
     pipe = VIDiffPipeline.from_model(model, scheduler="ddim")
     pipe.vae_batch_size = args.frames
     pipe.set_progress_bar_config(disable=True)
@@ -157,7 +152,7 @@ def main() -> None:
         "command": " ".join(sys.argv),
     }
     edit_times = timed(edit, device, args.warmup, args.repeats)
-    edit_flops = eager_flops(model, edit)
+    edit_flops = eager_flops(edit)
     results["edit"] = {
         "seconds_median": statistics.median(edit_times),
         "seconds_min": min(edit_times),
@@ -189,7 +184,7 @@ def main() -> None:
             optimizer.zero_grad(set_to_none=True)
 
         step_times = timed(step, device, args.warmup, args.repeats)
-        step_flops = eager_flops(train_model, step)
+        step_flops = eager_flops(step)
         results["train_step"] = {
             "seconds_median": statistics.median(step_times),
             "seconds_min": min(step_times),

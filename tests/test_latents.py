@@ -260,3 +260,56 @@ def test_a_configuration_error_while_decoding_stops_the_stream_instead_of_skippi
     with pytest.raises(VIDiffError):
         warn_and_count(counter)(VIDiffError("config"))
     assert warn_and_count(counter)(ValueError("corrupt")) is True and counter["errors"] == 1
+
+
+# ------------------------------------------------------------------------------------------ latents or pixels, per task
+def test_the_latents_option_chooses_per_task_between_cached_latents_and_pixels(tiny_shards, latent_shards):
+    """``latents: null`` reads what the sample holds, ``false`` encodes a latent shard's kept pixels on the fly,
+    ``true`` on a pixel shard is a one-line configuration error (it would fail for every sample alike)."""
+    from vidiff.data.shards import decode_sample
+    from vidiff.errors import VIDiffError
+
+    latent_raw = _raw_samples(sorted((latent_shards / "dehaze").glob("*-train-*.tar"))[0])[0]
+    pixel_raw = _raw_samples(sorted((tiny_shards / "dehaze").glob("*-train-*.tar"))[0])[0]
+    assert "target_latents" in decode_sample(latent_raw, "dehaze", _latent_options(), random.Random(0))
+    assert "target_latents" in decode_sample(latent_raw, "dehaze", _latent_options(latents=True), random.Random(0))
+    as_pixels = decode_sample(latent_raw, "dehaze", _latent_options(latents=False), random.Random(0))
+    assert "target_latents" not in as_pixels and as_pixels["target"].shape == (3, 4, 32, 32)
+    assert "target" in decode_sample(pixel_raw, "dehaze", _latent_options(latents=False), random.Random(0))
+    with pytest.raises(VIDiffError, match="dehaze.*latents: true.*vidiff-prep latents") as err:
+        decode_sample(pixel_raw, "dehaze", _latent_options(latents=True), random.Random(0))
+    assert "\n" not in str(err.value)
+    # latents not written yet: the error says how to write them
+    from vidiff.data import MultiTaskDataModule
+
+    missing = MultiTaskDataModule({"dehaze": {"urls": str(latent_shards / "nowhere"), "latents": True}})
+    with pytest.raises(VIDiffError, match=r"nowhere: no such shard \(data task 'dehaze' reads cached latents"):
+        missing.task_pipeline("dehaze")
+
+
+def test_one_run_mixes_tasks_from_cached_latents_with_tasks_encoded_on_the_fly(
+    tiny_shards, latent_shards, autoencoder_model, tmp_path
+):
+    """``vidiff-train`` with dehaze and deblur reading cached latents, recolor reading a latent shard's pixels
+    (``latents: false``) and inpaint and edit reading pixel shards: both kinds of batch train, every loss finite."""
+    from .test_train import compose_train, run_train, tiny_overrides
+
+    _, folder = autoencoder_model
+    tasks = []
+    for task in ("dehaze", "deblur"):
+        tasks += [f"data.tasks.{task}.urls={latent_shards / task}", f"+data.tasks.{task}.latents=true"]
+    tasks += [f"data.tasks.recolor.urls={latent_shards / 'recolor'}", "+data.tasks.recolor.latents=false"]
+    tasks += ["+data.tasks.inpaint.latents=false", "+data.tasks.edit.latents=false"]
+    overrides = tiny_overrides(
+        tiny_shards, tmp_path, f"stage.init_from={folder}", "trainer.max_steps=4", "trainer.limit_val_batches=0",
+        "callbacks.video_logger=null", "callbacks.lr_monitor=null", "~logger", "+callbacks.kinds._target_=tests.helpers.batch_kinds.BatchKinds",
+        *tasks,
+    )  # fmt: skip
+    _, objects = run_train(compose_train(overrides))
+    (probe,) = [c for c in objects["trainer"].callbacks if type(c).__name__ == "BatchKinds"]
+    assert len(probe.records) == 4
+    kinds = {(r["task"], r["latents"]) for r in probe.records}
+    print("steps (task, from latents):", [(r["task"], r["latents"]) for r in probe.records])
+    assert kinds <= {("dehaze", True), ("deblur", True), ("recolor", False), ("inpaint", False), ("edit", False)}
+    assert {latents for _, latents in kinds} == {True, False}, kinds
+    assert all(np.isfinite(r["loss"]) for r in probe.records)

@@ -15,6 +15,7 @@ from vidiff.training.plan import (
     build_fake_module,
     count_flops,
     make_plan,
+    plan_latent_batches,
     saved_tensor_bytes,
     shuffle_buffer_bytes,
     synthetic_batch,
@@ -96,6 +97,44 @@ def test_host_shuffle_buffers_are_the_data_configs_bound():
     node = int(paper.trainer.devices) * int(paper.data.num_workers) * shuffle_buffer_bytes(paper.data, 1.0)
     print(f"paper/stage3_v2v: shuffle buffers at most {node / 2**30:.0f} GiB per node")
     assert node == 8 * 8 * 2**30
+
+
+def test_plan_splits_cached_latent_tasks_from_tasks_encoded_on_the_fly(cfg, real, fake, traces):
+    """The FLOPs of a step from cached latents equal the flop counter on the real step with a latent batch; the plan
+    of a run whose dehaze and deblur read cached latents (2 of 5 equally weighted tasks) names the split, and its
+    mean step is 40 % steps without the encoder."""
+    module, mode = fake
+    plan_latent_batches(module)
+    plan_latent_batches(real)
+    planned = count_flops(module, synthetic_batch(cfg, module, BATCH, mode, latents=True))
+    batch = synthetic_batch(cfg, real, BATCH, latents=True)
+    with FlopCounterMode(display=False) as counter:
+        real.training_step(batch, 0).backward()
+    real.zero_grad(set_to_none=True)
+    assert planned == counter.get_total_flops() > 0
+    pixels = count_flops(module, synthetic_batch(cfg, module, BATCH, mode))
+    assert planned < pixels
+
+    mixed = compose_config(
+        "plan", ["experiment=smoke", "gpu=24gb", "+data.tasks.dehaze.latents=true", "+data.tasks.deblur.latents=true"]
+    )
+    plan = make_plan(mixed, traces=traces, module=module, flops=pixels, other_flops=planned)
+    e = plan.to_json()["encoding"]
+    print(
+        f"tiny, batch {BATCH}: {pixels} FLOPs from pixels, {planned} from latents ({e['encode_share']:.0%} encoding)"
+    )
+    assert e["cached_tasks"] == ["deblur", "dehaze"] and e["on_the_fly_tasks"] == ["edit", "inpaint", "recolor"]
+    assert e["cached_step_share"] == pytest.approx(0.4)
+    assert e["encode_share"] == pytest.approx(1 - planned / pixels)
+    assert plan.flops_per_step == pixels and plan.mean_flops_per_step == pytest.approx(
+        0.4 * planned + 0.6 * pixels, abs=2
+    )
+    assert e["saving"] == pytest.approx(0.4 * e["encode_share"])
+    assert e["step_seconds_all_cached"] < plan.step_seconds == e["step_seconds"] < e["step_seconds_all_on_the_fly"]
+    assert "cached latents: deblur, dehaze (40% of steps)" in plan.table()
+    # the smoke run itself encodes every task on the fly: the mean step is the traced one
+    plain = make_plan(cfg, traces=traces, module=module, flops=pixels, other_flops=planned)
+    assert plain.encoding["cached_tasks"] == [] and plain.mean_flops_per_step == pytest.approx(pixels, abs=2)
 
 
 def test_cli_writes_plan_json(tmp_path, monkeypatch):

@@ -94,6 +94,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--keep-size", action="store_true", help="write the output at the working size instead of the input size"
     )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the U-Net: the first clip (and a shorter last one) compiles it, minutes on a CPU; "
+        "later clips run faster",
+    )
+    parser.add_argument(
+        "--channels-last", action="store_true", help="channels-last U-Net and VAE weights (faster with bf16 on GPUs)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, or auto (default)")
     parser.add_argument("--dtype", default="auto", help="float32, bf16, fp16, or auto (bf16 on GPU, float32 on CPU)")
@@ -202,6 +211,11 @@ def main(argv: list[str] | None = None) -> int:
     pipe.set_progress_bar_config(disable=True)
     model = pipe.model
     settings, recommended = _settings(args, pipe)
+    if args.compile or args.channels_last:
+        from vidiff.utils.speed import apply_speed
+
+        # in place, on the model the pipeline holds: the U-Net keeps its class and weights
+        apply_speed(model, compile=args.compile, channels_last=args.channels_last, device=device, prog="vidiff-edit")
 
     from vidiff.pipelines.long_video import resolve_carry
 

@@ -102,6 +102,15 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     callbacks = instantiate_group(cfg.get("callbacks"))
     loggers = instantiate_group(cfg.get("logger"))
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    speed = cfg.get("speed") or {}
+    if speed.get("compile") or speed.get("channels_last"):
+        from vidiff.utils.speed import apply_speed
+
+        # before fit: DDP wraps (and buckets) the parameters in the layout they have then
+        prog = "vidiff-train" if trainer.is_global_zero else None
+        applied = apply_speed(module.model, **speed, device=trainer.strategy.root_device, prog=prog)
+        if prog:
+            print(f"{prog}: U-Net with {', '.join(applied)}")
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     try:

@@ -65,7 +65,9 @@ class MultiTaskDataModule(L.LightningDataModule):
 
     Args:
         tasks: ``{task: {urls, weight, batch_size, split, <ClipOptions fields>}}``; ``urls`` is a brace pattern,
-            glob, ``pipe:`` URL, list, or a folder (its ``*-<split>-NNNNNN.tar`` shards).
+            glob, ``pipe:`` URL, list, or a folder (its ``*-<split>-NNNNNN.tar`` shards). ``latents`` chooses per task
+            between cached latents (``true``: shards written by ``vidiff-prep latents``) and pixels encoded on the
+            fly (``false``), so one run can mix both (``null``: whatever each sample holds).
         val: ``{task: {urls, batch_size, split, ...}}`` held-out shards, read once; sample ``i`` goes to rank
             ``i % world_size``, so a rank may get fewer batches (or none) and validation still completes.
         seed: seeds the task schedule, and with (task, rank, worker, epoch) each stream's shard draws and shuffle.
@@ -157,7 +159,16 @@ class MultiTaskDataModule(L.LightningDataModule):
             share = self.shuffle_buffer_mib * 2**20 / len(self.tasks)
             self._buffers = {}
             for name, cfg in self.tasks.items():
-                urls = resolve_urls(cfg["urls"], cfg["split"])
+                try:
+                    urls = resolve_urls(cfg["urls"], cfg["split"])
+                except VIDiffError as err:
+                    if not cfg["options"].latents:
+                        raise
+                    raise VIDiffError(
+                        f"{err} (data task {name!r} reads cached latents: write them with `vidiff-prep latents "
+                        f"--tasks {name} --out <paths.latents_dir>`, or set its latents: false and urls to the pixel "
+                        "shards)"
+                    ) from None
                 sizes = shard_sizes(urls)
                 mean = mean_sample_bytes(urls, sizes)
                 samples = max(1, int(share // mean))

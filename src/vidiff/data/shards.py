@@ -226,6 +226,9 @@ class ClipOptions:
     long_video_frames: Sequence[int] = (1, 2, 4)
     paraphrase: bool = True  # re-draw the instruction among the task's templates
     train: bool = True  # False: first window, centre crop, stored instruction, no random image instruction
+    # training reads a latent shard's cached latents (vidiff-prep latents): None when the sample has them, True
+    # always (a sample without them is a configuration error), False never (its kept pixels are encoded on the fly)
+    latents: bool | None = None
 
 
 def _crop_resize(frames: torch.Tensor, box: tuple[int, int, int], size: int, nearest: bool = False) -> torch.Tensor:
@@ -273,6 +276,21 @@ def is_latent_sample(raw: dict[str, Any]) -> bool:
     return "tgt" + LATENT_SUFFIX in raw
 
 
+def reads_latents(raw: dict[str, Any], task: str, options: ClipOptions) -> bool:
+    """Whether a training sample is read as latents, per the task's ``latents`` option (validation: never)."""
+    if not options.train:
+        return False
+    has = is_latent_sample(raw)
+    if options.latents is None:
+        return has
+    if options.latents and not has:
+        raise VIDiffError(
+            f"data task {task!r} has latents: true, but sample {raw.get('__key__', '?')} holds no latents: point its "
+            "urls at the output of `vidiff-prep latents`, or set latents: false to encode its pixels on the fly"
+        )
+    return bool(options.latents)
+
+
 def decode_sample(
     raw: dict[str, Any], task: str, options: ClipOptions, rng: random.Random | None = None
 ) -> dict[str, Any]:
@@ -281,10 +299,11 @@ def decode_sample(
     Returns ``target`` ``[3, F, S, S]`` uint8 (see :func:`to_model_range`), ``source`` (absent for ``t2v``), ``instruction``,
     ``image`` ``[3, S, S]`` in [0, 1] with ``has_image``, ``mask`` ``[F, S, S]`` for ``rvos``, ``key``, ``task``.
     A latent sample (see :func:`decode_latent_sample`) gives latents instead of ``target`` and ``source`` when
-    training; validation (``options.train`` false) reads the pixels it keeps beside them.
+    training, unless ``options.latents`` is false (:func:`reads_latents`); validation (``options.train`` false)
+    reads the pixels it keeps beside them.
     """
     rng = rng or random.Random()
-    if is_latent_sample(raw) and options.train:
+    if reads_latents(raw, task, options):
         return decode_latent_sample(raw, task, options, rng)
     meta = json.loads(raw["json"])
     options = fit_stride(options, int(meta["num_frames"]))

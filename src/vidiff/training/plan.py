@@ -89,23 +89,53 @@ def batch_per_gpu(cfg: DictConfig) -> int:
     return int(task.get("batch_size", 1))
 
 
-def synthetic_batch(cfg: DictConfig, module, size: int, fake_mode=None) -> dict[str, Any]:
-    """A batch as the datamodule yields it (uint8 clips, an instruction image); pixel tensors fake under
-    ``fake_mode``, real zeros without it."""
+def task_reads_latents(cfg: DictConfig, task: Mapping) -> bool:
+    """Whether a training task reads cached latents (its ``latents`` option, else the data config's); ``null``
+    (whatever the shards hold) is planned as pixels encoded on the fly."""
+    value = task.get("latents", cfg.data.get("latents"))
+    return bool(value)
+
+
+PLANNED_AUTOENCODER = "planned"
+
+
+def synthetic_batch(cfg: DictConfig, module, size: int, fake_mode=None, latents: bool = False) -> dict[str, Any]:
+    """A batch as the datamodule yields it (uint8 clips, an instruction image; with ``latents``, a latent shard's
+    posterior means and deviations instead of the clips); tensors fake under ``fake_mode``, real zeros without it.
+
+    A latent batch names the autoencoder :data:`PLANNED_AUTOENCODER`: the module must answer that fingerprint (see
+    :func:`plan_latent_batches`)."""
     name, task = traced_task(cfg)
     frames = int(task.get("num_frames", cfg.data.get("num_frames", 16)))
     res = int(task.get("resolution", cfg.data.get("resolution", 256)))
     frames = min(frames, module.stage.frames_per_sample or frames)
     with fake_mode or contextlib.nullcontext():
-        batch = {"target": torch.zeros(size, 3, frames, res, res, dtype=torch.uint8)}
+        if latents:
+            channels, side = module.model.latent_channels, res // module.model.vae_scale_factor
+            batch = {
+                "target_latents": torch.zeros(size, channels, frames, side, side),
+                "target_latents_std": torch.ones(size, channels, frames, side, side),
+                "autoencoder": [PLANNED_AUTOENCODER] * size,
+            }
+            if module.stage.source:
+                batch["source_latents"] = torch.zeros(size, channels, frames, side, side)
+        else:
+            batch = {"target": torch.zeros(size, 3, frames, res, res, dtype=torch.uint8)}
+            if module.stage.source:
+                batch["source"] = torch.zeros(size, 3, frames, res, res, dtype=torch.uint8)
         if module.stage.source:
-            batch["source"] = torch.zeros(size, 3, frames, res, res, dtype=torch.uint8)
             batch["image"] = torch.zeros(size, 3, res, res)
     batch.update({"task": name, "step": 0, "instruction": ["a planned instruction"] * size})
     if module.stage.source:
         with_image = float(task.get("image_prob", 0.0)) > 0 and module.model.image_projector is not None
         batch["has_image"] = torch.full((size,), with_image, dtype=torch.bool)
     return batch
+
+
+def plan_latent_batches(module) -> None:
+    """Let ``module`` train on :func:`synthetic_batch`'s latent batches: its autoencoder (fake weights, no
+    fingerprint) answers :data:`PLANNED_AUTOENCODER`."""
+    module.autoencoder_fingerprint = lambda: PLANNED_AUTOENCODER
 
 
 # ---------------------------------------------------------------------------------------------- tracing
@@ -261,6 +291,8 @@ class Plan:
     traced_batches: list[int]
     flops_per_step: int
     flops_per_sample: float
+    mean_flops_per_step: int  # over the task schedule: tasks from cached latents skip the VAE encoder
+    encoding: dict[str, Any]  # which tasks read cached latents, which encode on the fly, and the step time saved
     mfu: float
     step_seconds: float
     max_steps: int
@@ -272,6 +304,25 @@ class Plan:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    def encoding_rows(self) -> list[str]:
+        e = self.encoding
+        if not e:
+            return []
+        share = f"{e['cached_step_share']:.0%} of steps"
+        per_sample = (
+            f"{e['flops_per_sample_on_the_fly'] / 1e12:,.2f} vs {e['flops_per_sample_cached'] / 1e12:,.2f} TFLOP "
+            "per sample"
+        )
+        return [
+            f"  VAE encoding                 cached latents: {', '.join(e['cached_tasks']) or 'none'} ({share}); "
+            f"on the fly: {', '.join(e['on_the_fly_tasks']) or 'none'}",
+            f"                               encoding is {e['encode_share']:.0%} of an on-the-fly step ({per_sample})",
+            f"  mean step over the schedule  {self.mean_flops_per_step / 1e12:,.1f} TFLOP per GPU: {e['step_seconds']:.2f} s "
+            f"(-{e['saving']:.0%} against {e['step_seconds_all_on_the_fly']:.2f} s",
+            f"                               with every task on the fly; {e['step_seconds_all_cached']:.2f} s with every "
+            "task cached)",
+        ]
 
     def table(self) -> str:
         gib = lambda n: f"{n / GIB:8.2f} GiB"  # noqa: E731
@@ -295,7 +346,8 @@ class Plan:
             + ", ".join(f"{g}: {b}" for g, b in self.max_batch_by_gpu.items())
             + ")",
             f"  FLOPs per optimizer step     {self.flops_per_step / 1e12:,.1f} TFLOP per GPU "
-            f"({self.flops_per_sample / 1e12:,.2f} per sample)",
+            f"({self.flops_per_sample / 1e12:,.2f} per sample; task {self.traced_task})",
+            *self.encoding_rows(),
             f"  step time at {self.mfu:.0%} MFU        {self.step_seconds:.2f} s",
             f"  time to max_steps            {self.hours_to_max_steps:,.1f} h ({self.max_steps:,} steps)",
             f"  host RAM per node (data)     {gib(self.host_bytes_per_node)}",
@@ -303,6 +355,45 @@ class Plan:
         ]
         rows += [f"  note: {n}" for n in self.notes]
         return "\n".join(rows)
+
+
+def encoding_split(
+    cfg: DictConfig, traced_latents: bool, traced_per_sample: float, other_per_sample: float | None
+) -> dict[str, Any]:
+    """Which training tasks read cached latents and which encode their pixels with the VAE each step, and the mean
+    FLOPs of a micro-step over the task schedule (each task's weight and batch size; FLOPs per sample of the traced
+    task's step for either encoding). Empty for a stage that has no latent batches."""
+    if other_per_sample is None:
+        return {}
+    per_sample = {traced_latents: traced_per_sample, not traced_latents: other_per_sample}
+    tasks = OmegaConf.to_container(cfg.data.tasks, resolve=False)
+    select = cfg.data.get("select_tasks")
+    if select:
+        tasks = {k: v for k, v in tasks.items() if k in select}
+    weights = {name: float(task.get("weight", 1.0)) for name, task in tasks.items()}
+    total = sum(weights.values())
+    cached = sorted(name for name, task in tasks.items() if task_reads_latents(cfg, task))
+
+    def mean_flops(reads_latents) -> float:
+        return sum(
+            weights[name] / total * int(task.get("batch_size", 1)) * per_sample[reads_latents(name)]
+            for name, task in tasks.items()
+        )
+
+    mean = mean_flops(lambda name: name in cached)
+    on_the_fly = mean_flops(lambda name: False)
+    return {
+        "cached_tasks": cached,
+        "on_the_fly_tasks": sorted(set(tasks) - set(cached)),
+        "cached_step_share": sum(weights[n] for n in cached) / total,
+        "flops_per_sample_on_the_fly": per_sample[False],
+        "flops_per_sample_cached": per_sample[True],
+        "encode_share": 1 - per_sample[True] / per_sample[False],
+        "mean_flops_per_step": mean,
+        "flops_per_step_all_on_the_fly": on_the_fly,
+        "flops_per_step_all_cached": mean_flops(lambda name: True),
+        "saving": 1 - mean / on_the_fly,
+    }
 
 
 def _strategy_option(cfg: DictConfig, key: str, default: Any) -> Any:
@@ -331,9 +422,16 @@ def shuffle_buffer_bytes(data: Mapping[str, Any], raw_sample_mib: float) -> int:
 
 
 def make_plan(
-    cfg: DictConfig, traces: tuple[Trace, Trace] | None = None, module=None, flops: int | None = None
+    cfg: DictConfig,
+    traces: tuple[Trace, Trace] | None = None,
+    module=None,
+    flops: int | None = None,
+    other_flops: int | None = None,
 ) -> Plan:
-    """The plan of the composed training config ``cfg`` (with a ``plan`` node and a ``gpu`` node)."""
+    """The plan of the composed training config ``cfg`` (with a ``plan`` node and a ``gpu`` node).
+
+    ``traces``, ``flops`` (the traced task's step) and ``other_flops`` (the same step with the other encoding: from
+    cached latents when the traced task encodes pixels, and the reverse) are traced here unless given."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     pcfg, gpu_name = cfg.plan, str(cfg.gpu)
@@ -345,14 +443,25 @@ def make_plan(
     if module is None:
         module = build_fake_module(cfg, fake_mode)
     batch = batch_per_gpu(cfg)
+    traced_latents = task_reads_latents(cfg, traced_task(cfg)[1])
+    # a stage without latent batches (the autoencoder's) has no encoding to plan
+    encodes = hasattr(module, "batch_latents")
+    if encodes:
+        plan_latent_batches(module)
+
+    def synthetic(size: int, latents: bool = traced_latents) -> dict[str, Any]:
+        return synthetic_batch(cfg, module, size, fake_mode, latents=latents and encodes)
+
     if traces is None:
-        small = trace_step(module, synthetic_batch(cfg, module, 1, fake_mode), precision)
+        small = trace_step(module, synthetic(1), precision)
         other = 2 if batch == 1 else batch
-        big = trace_step(module, synthetic_batch(cfg, module, other, fake_mode), precision)
+        big = trace_step(module, synthetic(other), precision)
         traces = (small, big)
     small, big = traces
     if flops is None:
-        flops = count_flops(module, synthetic_batch(cfg, module, batch, fake_mode), precision)
+        flops = count_flops(module, synthetic(batch), precision)
+    if other_flops is None and encodes:
+        other_flops = count_flops(module, synthetic(batch, not traced_latents), precision)
 
     fit = [small, big]
 
@@ -412,7 +521,7 @@ def make_plan(
     for _ in range(4):
         if checked in {t.batch for t in fit} or not 1 <= checked <= int(pcfg.get("check_batch_up_to", 256)):
             break
-        fit.append(trace_step(module, synthetic_batch(cfg, module, checked, fake_mode), precision))
+        fit.append(trace_step(module, synthetic(checked), precision))
         if peak(checked) <= capacity:
             break
         # step down by the overflow over the per-sample growth measured next to this batch
@@ -423,7 +532,14 @@ def make_plan(
     accumulate = int(cfg.trainer.get("accumulate_grad_batches", 1) or 1)
     flops_step = flops * accumulate
     mfu = float(pcfg.mfu)
-    step_seconds = flops_step / (float(gpu.bf16_tflops) * 1e12 * mfu)
+    flops_per_second = float(gpu.bf16_tflops) * 1e12 * mfu
+    encoding = encoding_split(cfg, traced_latents, flops / batch, other_flops / batch if encodes else None)
+    mean_flops_step = int(encoding.pop("mean_flops_per_step", flops) * accumulate)
+    step_seconds = mean_flops_step / flops_per_second
+    if encoding:
+        for key in ("all_on_the_fly", "all_cached"):
+            encoding[f"step_seconds_{key}"] = encoding.pop(f"flops_per_step_{key}") * accumulate / flops_per_second
+        encoding["step_seconds"] = step_seconds
     max_steps = int(cfg.trainer.get("max_steps", -1) or 0)
 
     # host side: every rank's loader workers hold each task's shuffle buffer of raw samples and prefetched batches
@@ -475,6 +591,12 @@ def make_plan(
         f"traced batches {sorted({t.batch for t in fit})}; other GPUs' largest batches are linear in the batch "
         "from the nearest two",
     ]
+    if encoding:
+        kind = "cached latents" if traced_latents else "pixels encoded on the fly"
+        notes.append(
+            f"memory is traced on task {task_name} ({kind}); the mean step weighs each task's batch by the FLOPs per "
+            f"sample of {task_name}'s step from pixels or from latents (another task's image instruction may differ)"
+        )
     return Plan(
         experiment=str(cfg.get("task_name", "")),
         gpu=gpu_name,
@@ -498,6 +620,8 @@ def make_plan(
         traced_batches=sorted({t.batch for t in fit}),
         flops_per_step=flops_step,
         flops_per_sample=flops / batch,
+        mean_flops_per_step=mean_flops_step,
+        encoding=encoding,
         mfu=mfu,
         step_seconds=step_seconds,
         max_steps=max_steps,
