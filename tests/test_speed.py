@@ -149,9 +149,9 @@ def test_train_cli_applies_speed_options_and_checkpoints_keep_their_names(tiny_s
     assert torch.isfinite(torch.tensor(metrics["train/loss"]))
     checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert not [k for k in checkpoint["state_dict"] if "_orig_mod" in k]
-    from vidiff.models import VIDiffModel
+    from vidiff.pipelines import load_model
 
-    exported = VIDiffModel.from_pretrained(tmp_path / "model")
+    exported = load_model(tmp_path / "model")
     assert set(exported.unet.state_dict()) == set(module.model.unet.state_dict())
 
 
