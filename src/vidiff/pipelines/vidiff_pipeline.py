@@ -169,6 +169,11 @@ class VIDiffPipeline(DiffusionPipeline):
             raise VIDiffError("image_encoder and image_projector go together: give both or neither")
         if conditioning not in CONDITIONINGS:
             raise VIDiffError(f"conditioning must be one of {', '.join(CONDITIONINGS)}, not {conditioning!r}")
+        if source_residual and scheduler.config.prediction_type != "sample":
+            raise VIDiffError(
+                "source_residual needs the scheduler's prediction_type=sample (the output is a clean-latent "
+                f"estimate), not {scheduler.config.prediction_type!r}"
+            )
         self.register_modules(
             unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler,
             image_encoder=image_encoder, image_projector=image_projector,
