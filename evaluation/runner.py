@@ -37,20 +37,27 @@ def load_models(cfg: DictConfig, device: str, dtype) -> dict[str, Any]:
 
 def _sampling_note(sampling, models: dict, task: str) -> str:
     """How every model row sampled (a null setting is the model's recommendation for the task, see SamplingOptions)."""
-    described = {}
+    groups: dict[str, list[str]] = {}
+    recommended = []
     for label, pipe in models.items():
         own, taken = sampling.filled(pipe.recommended(task))
         text = (
             f"{own.num_inference_steps} {own.scheduler} steps, s_T={own.text_guidance_scale}, "
-            f"s_V={own.video_guidance_scale}" + (" (the model's recommendation)" if taken else "")
+            f"s_V={own.video_guidance_scale}"
         )
-        described.setdefault(text, []).append(label)
+        groups.setdefault(text, []).append(label)
+        if taken:
+            recommended.append(label)
     clips = f"clips of {sampling.clip_length} with {sampling.overlap} reference frames"
-    if len(described) <= 1:
-        return f"sampling: {next(iter(described), 'none')}, {clips}"
-    return (
-        "sampling: " + "; ".join(f"{', '.join(labels)}: {text}" for text, labels in described.items()) + f"; {clips}"
-    )
+    if len(groups) <= 1:
+        note = f"sampling: {next(iter(groups), 'none')}, {clips}"
+    else:
+        note = (
+            "sampling: " + "; ".join(f"{', '.join(labels)}: {text}" for text, labels in groups.items()) + f"; {clips}"
+        )
+    if recommended:
+        note += f" ({', '.join(recommended)}: what the model records where the run gave no value)"
+    return note
 
 
 def metric_plan(cfg: DictConfig, weights) -> tuple[list[str], list[str]]:

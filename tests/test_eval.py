@@ -222,7 +222,8 @@ def test_eval_uses_what_the_model_records_unless_told(tiny_shards, tiny_model, t
     # the recorded scales for the tuned model; the fallback for the preset, which records none
     assert used == [(1, 1.0, 2.0), (1, 7.5, 1.5)]
     notes = (tmp_path / "a" / "table.md").read_text()
-    assert "tuned: 1 ddim steps, s_T=1.0, s_V=2.0 (the model's recommendation)" in notes
+    assert "tuned: 1 ddim steps, s_T=1.0, s_V=2.0; tiny (random weights): 1 ddim steps, s_T=7.5, s_V=1.5" in notes
+    assert "(tuned: what the model records where the run gave no value)" in notes
     # a value given on the command line wins
     used.clear()
     evaluate([*common, f"checkpoint={tuned}", "sampling.text_guidance_scale=3.0",
