@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from vidiff.errors import VIDiffError
 from vidiff.evaluation.metrics import MetricWeights
 from vidiff.evaluation.scoring import Scorer
+from vidiff.pipelines.checks import DEFAULT_SAMPLING
 
 
 @dataclass
@@ -115,21 +116,17 @@ class SamplingOptions:
     """How models edit in a benchmark. ``None`` in the sampler fields: what the model records for the task
     (:meth:`VIDiffPipeline.recommended`), else :attr:`FALLBACK`."""
 
-    num_inference_steps: int | None = 20
-    text_guidance_scale: float | None = 7.5
-    video_guidance_scale: float | None = 1.5
+    num_inference_steps: int | None = DEFAULT_SAMPLING["num_inference_steps"]
+    text_guidance_scale: float | None = DEFAULT_SAMPLING["text_guidance_scale"]
+    video_guidance_scale: float | None = DEFAULT_SAMPLING["video_guidance_scale"]
     strength: float = 1.0
-    scheduler: str | None = "ddim"
+    scheduler: str | None = DEFAULT_SAMPLING["scheduler"]
     clip_length: int = 16
     overlap: int = 2
     seed: int = 0
 
-    FALLBACK = {
-        "num_inference_steps": 20,
-        "text_guidance_scale": 7.5,
-        "video_guidance_scale": 1.5,
-        "scheduler": "ddim",
-    }
+    FALLBACK = {key: DEFAULT_SAMPLING[key] for key in ("num_inference_steps", "text_guidance_scale",
+                                                       "video_guidance_scale", "scheduler")}  # fmt: skip
 
     def filled(self, recommended: Mapping) -> tuple[SamplingOptions, dict]:
         """These options with every ``None`` sampler field taken from ``recommended`` (else the fallback), and

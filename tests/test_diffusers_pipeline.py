@@ -185,6 +185,33 @@ def test_recorded_sampling_settings(saved, tmp_path):
         record_sampling(model, {"steps": 3})
 
 
+def test_fallback_sampler_settings_are_one_constant():
+    """Where neither the user nor the model says, vidiff-edit, the app, vidiff-eval and the pipeline's own
+    defaults sample alike: all read DEFAULT_SAMPLING (they were three copies of the values)."""
+    import inspect
+
+    from evaluation.benchmark import SamplingOptions
+    from vidiff.app import EditRequest
+    from vidiff.cli.edit import FALLBACK, build_parser
+    from vidiff.pipelines.checks import DEFAULT_SAMPLING, check_sampling
+
+    call = inspect.signature(VIDiffPipeline.__call__).parameters
+    checks = inspect.signature(check_sampling).parameters
+    for key in ("num_inference_steps", "text_guidance_scale", "video_guidance_scale"):
+        assert call[key].default == checks[key].default == DEFAULT_SAMPLING[key] == FALLBACK[key]
+        assert SamplingOptions.FALLBACK[key] == DEFAULT_SAMPLING[key]
+    assert SamplingOptions.FALLBACK["scheduler"] == DEFAULT_SAMPLING["scheduler"]
+    request = EditRequest()
+    assert (request.steps, request.text_scale, request.video_scale, request.scheduler, request.size) == tuple(
+        DEFAULT_SAMPLING[k]
+        for k in ("num_inference_steps", "text_guidance_scale", "video_guidance_scale", "scheduler", "size")
+    )
+    assert FALLBACK["size"] == DEFAULT_SAMPLING["size"]
+    help_text = " ".join(build_parser().format_help().split())
+    assert f"else {DEFAULT_SAMPLING['num_inference_steps']})" in help_text
+    assert f"else {DEFAULT_SAMPLING['scheduler']})" in help_text
+
+
 def test_broken_directories_are_one_line(saved, tmp_path):
     import shutil
 

@@ -2,7 +2,9 @@
 
 ``tests/fixtures/model_format1/`` was written by the format-1 code (commit 6eaf0d2, before the conditioning convention
 was recorded) together with what editing a fixed clip gave (``model_format1_edit.npz``); see
-``tests/fixtures/make_model_format1.py``.
+``tests/fixtures/make_model_format1.py``. ``tests/fixtures/model_format2/`` was written by the format-2 code (commit
+8ffae04, the last before the diffusers ``DiffusionPipeline`` format 3), with the model's identity away from every
+default; see ``tests/fixtures/make_model_format2.py``.
 """
 
 from __future__ import annotations
@@ -83,3 +85,47 @@ def test_every_caller_passes_scaled_latents_and_the_model_converts(format1):
     frames = lambda latents: latents.permute(0, 2, 1, 3, 4).flatten(0, 1)  # noqa: E731 - [b, c, f, h, w] -> [(b f), c, h, w]
     assert torch.equal(seen[0], frames(source))
     assert torch.allclose(seen[1], frames(source) / model.vae.config.scaling_factor)
+
+
+@pytest.fixture(scope="module")
+def format2():
+    recorded = np.load(FIXTURES / "model_format2_edit.npz")
+    return FIXTURES / "model_format2", recorded["source"], recorded["frames"]
+
+
+def test_format2_directory_keeps_its_identity_and_edits_as_it_did(format2):
+    from tests.fixtures.make_model_format2 import IDENTITY
+    from tests.fixtures.make_model_format2 import edit as edit2
+
+    path, source, frames = format2
+    assert json.loads((path / "model_index.json").read_text())["format_version"] == 2
+    model = load_model(path)
+    assert (model.source_residual, model.conditioning, tuple(model.reference_frames)) == (True, "unscaled", (0, 2))
+    assert {key: model.noise_scheduler.config[key] for key in IDENTITY} == IDENTITY
+    assert np.abs(edit2(model, source) - frames).max() <= TOLERANCE
+    # the fixture tells each recorded field apart: read with a default instead, the frames land far away
+    for field, default in (("conditioning", "scaled"), ("source_residual", False)):
+        setattr(model, field, default)
+        assert np.abs(edit2(model, source) - frames).max() > 100 * TOLERANCE, field
+        model = load_model(path)
+    # diffusers' loader path (VIDiffPipeline.from_pretrained) reads the old index the same way
+    from vidiff.pipelines import VIDiffPipeline
+
+    pipe = VIDiffPipeline.from_pretrained(path)
+    assert pipe.config.source_residual is True and pipe.config.conditioning == "unscaled"
+    assert np.abs(edit2(pipe.model, source) - frames).max() <= TOLERANCE
+
+
+def test_format2_directory_resaved_in_the_current_format(format2, tmp_path):
+    from tests.fixtures.make_model_format2 import edit as edit2
+    from vidiff.pipelines import record_sampling
+
+    path, source, frames = format2
+    with pytest.raises(ModelLoadError, match="model_format2: sampling settings need a format-3 model"):
+        record_sampling(path, {"num_inference_steps": 8})
+    saved = save_model(load_model(path), tmp_path / "model")
+    index = json.loads((saved / "model_index.json").read_text())
+    assert index["format_version"] == FORMAT_VERSION and index["_class_name"] == "VIDiffPipeline"
+    assert (index["source_residual"], index["conditioning"], index["reference_frames"]) == (True, "unscaled", [0, 2])
+    record_sampling(saved, {"num_inference_steps": 8})
+    assert np.abs(edit2(load_model(saved), source) - frames).max() <= TOLERANCE

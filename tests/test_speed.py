@@ -41,6 +41,15 @@ def unet_inputs(b: int = 2, frames: int = 4):
     return x, torch.tensor([10, 500][:b]), states
 
 
+def eager_step(module: VIDiffModule, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The eager loss and the U-Net's gradients of one training step, the gradients cleared afterwards."""
+    loss = module.shared_step(batch)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in module.model.unet.named_parameters() if p.grad is not None}
+    module.zero_grad(set_to_none=True)
+    return loss, grads
+
+
 def test_unet_forward_is_one_graph_with_checkpointing_and_channels_last():
     """``torch._dynamo.explain`` on the training forward (gradient checkpointing of the motion modules on, NHWC
     weights): one graph, no graph break."""
@@ -78,10 +87,7 @@ def test_compiled_training_step_matches_eager_and_backward_is_one_graph():
     module.train()
     batch = v2v_batch()
 
-    eager = module.shared_step(batch)
-    eager.backward()
-    eager_grads = {n: p.grad.clone() for n, p in module.model.unet.named_parameters() if p.grad is not None}
-    module.zero_grad(set_to_none=True)
+    eager, eager_grads = eager_step(module, batch)
 
     names = list(module.model.unet.state_dict())
     module.model.unet.compile(backend=backend, fullgraph=True)  # as apply_speed does, refusing graph breaks
@@ -101,10 +107,7 @@ def test_inductor_compiled_loss_and_gradients_match_eager():
     module = VIDiffModule(load_model_preset("tiny"), stage="v2v", ema_decay=None)
     module.train()
     batch = v2v_batch()
-    eager = module.shared_step(batch)
-    eager.backward()
-    eager_grads = {n: p.grad.clone() for n, p in module.model.unet.named_parameters() if p.grad is not None}
-    module.zero_grad(set_to_none=True)
+    eager, eager_grads = eager_step(module, batch)
 
     apply_speed(module.model, compile=True, channels_last=True, prog=None)
     compiled = module.shared_step(batch)

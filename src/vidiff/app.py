@@ -27,6 +27,7 @@ import numpy as np
 
 from vidiff.data.tasks import TEMPLATES
 from vidiff.errors import VIDiffError, user_error, with_flags
+from vidiff.pipelines.checks import DEFAULT_SAMPLING
 
 
 # the task presets fill in the paper's instruction phrasing; the segmentation one names an object to replace
@@ -70,14 +71,14 @@ class EditRequest:
     example: str | None = None  # or one of EXAMPLE_CLIPS
     instruction: str = ""
     image: str | None = None  # image instruction (a file)
-    steps: int = 20
-    scheduler: str = "ddim"
-    text_scale: float = 7.5
-    video_scale: float = 1.5
+    steps: int = DEFAULT_SAMPLING["num_inference_steps"]
+    scheduler: str = DEFAULT_SAMPLING["scheduler"]
+    text_scale: float = DEFAULT_SAMPLING["text_guidance_scale"]
+    video_scale: float = DEFAULT_SAMPLING["video_guidance_scale"]
     seed: int = 0
     clip_length: int = 16
     overlap: int = 2
-    size: int = 256
+    size: int = DEFAULT_SAMPLING["size"]
     max_frames: int | None = None
     long_video: str = "auto"  # how each clip continues the previous one (vidiff.pipelines.long_video)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from vidiff.cli.common import run_cli, with_flags
 from vidiff.errors import VIDiffError
+from vidiff.pipelines.checks import DEFAULT_SAMPLING
 from vidiff.utils.device import pick_device, pick_dtype
 
 
@@ -31,18 +32,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="whose recommended sampler settings to use (recolor, inpaint, dehaze, deblur, rvos, edit; default: "
         "the task whose instruction template --instruction is)",
     )
-    parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's, else 20)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help=f"sampler steps (default: the model's, else {DEFAULT_SAMPLING['num_inference_steps']})",
+    )
     parser.add_argument(
         "--text-scale",
         type=float,
         default=None,
-        help="instruction guidance scale s_T (default: the model's, else 7.5)",
+        help=f"instruction guidance scale s_T (default: the model's, else {DEFAULT_SAMPLING['text_guidance_scale']})",
     )
     parser.add_argument(
         "--video-scale",
         type=float,
         default=None,
-        help="source-video guidance scale s_V (default: the model's, else 1.5)",
+        help=f"source-video guidance scale s_V (default: the model's, else {DEFAULT_SAMPLING['video_guidance_scale']})",
     )
     parser.add_argument(
         "--strength",
@@ -54,13 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--scheduler",
         default=None,
         choices=["ddim", "euler_a", "dpmpp"],
-        help="sampler (default: the model's, else ddim)",
+        help=f"sampler (default: the model's, else {DEFAULT_SAMPLING['scheduler']})",
     )
     parser.add_argument(
         "--size",
         type=int,
         default=None,
-        help="short side the model works at, a multiple of 8 (default: the size the model was trained at, else 256)",
+        help="short side the model works at, a multiple of 8 (default: the size the model was trained at, else "
+        f"{DEFAULT_SAMPLING['size']})",
     )
     parser.add_argument(
         "--frames", type=int, default=None, help="edit only the first N frames (default: the whole video)"
@@ -165,8 +172,9 @@ FLAGS = {
     "mask_color": "--mask-color", "overwrite=True": "--overwrite", "clip_length": "--clip-length",
     "overlap": "--overlap", "size must": "--size must", "long-video mode": "--long-video",
 }  # fmt: skip
-# what vidiff-edit uses when neither the user nor the model says
-FALLBACK = {"size": 256, "num_inference_steps": 20, "text_guidance_scale": 7.5, "video_guidance_scale": 1.5}
+# what vidiff-edit uses when neither the user nor the model says (the scheduler falls back to the model's own)
+FALLBACK = {key: DEFAULT_SAMPLING[key] for key in ("size", "num_inference_steps", "text_guidance_scale",
+                                                   "video_guidance_scale")}  # fmt: skip
 
 
 def _settings(args: argparse.Namespace, pipe) -> tuple[dict, str]:

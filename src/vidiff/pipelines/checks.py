@@ -11,6 +11,16 @@ from vidiff.errors import VIDiffError
 
 CARRY_MODES = ("auto", "reference", "latent", "none")
 
+# What vidiff-edit, the app and vidiff-eval use when neither the user nor the model (its recorded ``sampling``)
+# says: one place, so the three agree; ``VIDiffPipeline.__call__``'s defaults are the same values (a test checks).
+DEFAULT_SAMPLING = {
+    "num_inference_steps": 20,
+    "text_guidance_scale": 7.5,
+    "video_guidance_scale": 1.5,
+    "scheduler": "ddim",
+    "size": 256,
+}
+
 
 def check_sampling(
     num_inference_steps=20, text_guidance_scale=7.5, video_guidance_scale=1.5, strength=1.0, anchor_fraction=0.5
