@@ -297,6 +297,37 @@ def test_vae_stage_learns_to_reconstruct_and_sets_the_latent_scale(tiny_shards, 
     assert 0.3 < float(latents.std()) < 3.0 and np.isfinite(scale)
 
 
+def test_vae_stage_exports_the_ema_of_its_weights(tiny_shards, tmp_path):
+    """`stage.ema_decay` on the autoencoder stage: the checkpoint carries the EMA, and the exported VAE is the EMA
+    (its shadow weights exactly), not the last trained weights (the demo's last weights sit wherever its last
+    batches left them: 20.2 against 25.3 dB on the held-out clip for two sample orders)."""
+    from vidiff.training.checkpoint_io import AtomicCheckpointIO
+
+    cfg = compose_train(
+        [
+            "experiment=demo/vae",
+            f"paths.data_dir={tiny_shards}",
+            f"paths.output_dir={tmp_path}",
+            "trainer.max_steps=4",
+            "stage.ema_decay=0.5",
+            "callbacks.model_checkpoint.every_n_train_steps=4",
+            "trainer.enable_progress_bar=false",
+            "trainer.enable_model_summary=false",
+        ]
+    )
+    run_train(cfg)
+    checkpoint = AtomicCheckpointIO().load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    last = {k.removeprefix("model.vae."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.vae.")}
+    exported = load_model(tmp_path / "model").vae
+    names = [name for name, _ in exported.named_parameters()]
+    assert set(names) == set(last)  # the checkpoint holds what trains: the VAE's weights
+    shadow = dict(zip(names, checkpoint["ema"]["shadow_params"], strict=True))
+    moved = [n for n in names if not torch.equal(shadow[n], last[n])]
+    assert len(moved) > len(names) // 2  # the EMA lags the weights
+    for name, param in exported.named_parameters():
+        assert torch.equal(param.detach(), shadow[name]), name
+
+
 def test_vae_saturation_range_scales_chroma_and_keeps_luma():
     """`stage.saturation_range`: each frame's chroma is scaled by its own seeded factor in the range; its luma (BT.601)
     is unchanged, a factor of 0 gives grey frames, and a bad range is refused when the stage is built."""

@@ -49,6 +49,8 @@ class VAEModule(StageModule):
         saturation_range: ``[low, high]``: each training frame's chroma (its difference from its luma) is scaled by
             a factor drawn uniformly from this range, so that an autoencoder trained on a few colourful clips does
             not paint colour into paler footage; ``None`` trains on the frames as they are.
+        ema_decay: an EMA of the autoencoder's weights (``None``: none), exported in their place when the stage's
+            ``export.ema`` says so: the last weights of a short run sit wherever its last batches left them.
     """
 
     def __init__(
@@ -70,6 +72,7 @@ class VAEModule(StageModule):
         frames_per_step: int = 16,
         latent_momentum: float = 0.99,
         saturation_range: Sequence[float] | None = None,
+        ema_decay: float | None = None,
         seed: int = 0,
     ):
         super().__init__()
@@ -84,7 +87,7 @@ class VAEModule(StageModule):
         if lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"unknown lr_schedule {lr_schedule!r} (choose from {', '.join(LR_SCHEDULES)})")
         self.save_hyperparameters(ignore=["model"], logger=False)
-        self.setup_stage(model, spec, init_from)
+        self.setup_stage(model, spec, init_from, ema_decay=ema_decay)
         # running second moment of the (unscaled) latents; a buffer, so it is checkpointed and resumed
         self.register_buffer("latent_var", torch.tensor(-1.0))
 
