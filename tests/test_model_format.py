@@ -95,29 +95,27 @@ def format2():
 
 def test_format2_directory_keeps_its_identity_and_edits_as_it_did(format2):
     from tests.fixtures.make_model_format2 import IDENTITY
-    from tests.fixtures.make_model_format2 import edit as edit2
 
     path, source, frames = format2
     assert json.loads((path / "model_index.json").read_text())["format_version"] == 2
     model = load_model(path)
     assert (model.source_residual, model.conditioning, tuple(model.reference_frames)) == (True, "unscaled", (0, 2))
     assert {key: model.noise_scheduler.config[key] for key in IDENTITY} == IDENTITY
-    assert np.abs(edit2(model, source) - frames).max() <= TOLERANCE
+    assert np.abs(edit(model, source) - frames).max() <= TOLERANCE
     # the fixture tells each recorded field apart: read with a default instead, the frames land far away
     for field, default in (("conditioning", "scaled"), ("source_residual", False)):
         setattr(model, field, default)
-        assert np.abs(edit2(model, source) - frames).max() > 100 * TOLERANCE, field
+        assert np.abs(edit(model, source) - frames).max() > 100 * TOLERANCE, field
         model = load_model(path)
     # diffusers' loader path (VIDiffPipeline.from_pretrained) reads the old index the same way
     from vidiff.pipelines import VIDiffPipeline
 
     pipe = VIDiffPipeline.from_pretrained(path)
     assert pipe.config.source_residual is True and pipe.config.conditioning == "unscaled"
-    assert np.abs(edit2(pipe.model, source) - frames).max() <= TOLERANCE
+    assert np.abs(edit(pipe.model, source) - frames).max() <= TOLERANCE
 
 
 def test_format2_directory_resaved_in_the_current_format(format2, tmp_path):
-    from tests.fixtures.make_model_format2 import edit as edit2
     from vidiff.pipelines import record_sampling
 
     path, source, frames = format2
@@ -128,4 +126,4 @@ def test_format2_directory_resaved_in_the_current_format(format2, tmp_path):
     assert index["format_version"] == FORMAT_VERSION and index["_class_name"] == "VIDiffPipeline"
     assert (index["source_residual"], index["conditioning"], index["reference_frames"]) == (True, "unscaled", [0, 2])
     record_sampling(saved, {"num_inference_steps": 8})
-    assert np.abs(edit2(load_model(saved), source) - frames).max() <= TOLERANCE
+    assert np.abs(edit(load_model(saved), source) - frames).max() <= TOLERANCE

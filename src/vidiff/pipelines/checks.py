@@ -23,7 +23,11 @@ DEFAULT_SAMPLING = {
 
 
 def check_sampling(
-    num_inference_steps=20, text_guidance_scale=7.5, video_guidance_scale=1.5, strength=1.0, anchor_fraction=0.5
+    num_inference_steps=DEFAULT_SAMPLING["num_inference_steps"],
+    text_guidance_scale=DEFAULT_SAMPLING["text_guidance_scale"],
+    video_guidance_scale=DEFAULT_SAMPLING["video_guidance_scale"],
+    strength=1.0,
+    anchor_fraction=0.5,
 ) -> None:
     """Raise :class:`VIDiffError` naming the first bad value."""
     if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
